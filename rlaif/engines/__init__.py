@@ -1,0 +1,67 @@
+"""Engines behind one interface (see `base.Engine`); `make_engine` picks and builds one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rlaif.engines.base import Chat, Completion, Engine, OptionScores, Sampling
+from rlaif.errors import UserError
+
+__all__ = [
+    "Chat",
+    "Completion",
+    "Engine",
+    "EngineSettings",
+    "OptionScores",
+    "Sampling",
+    "make_engine",
+]
+
+ENGINE_CHOICES = ("auto", "vllm", "hf")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    engine: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int = 4096
+    batch_size: int = 16  # transformers only; vLLM schedules its own batches
+    trust_remote_code: bool = False
+
+
+def vllm_available() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("vllm") is not None
+
+
+def resolve_engine_name(name: str) -> str:
+    if name not in ENGINE_CHOICES:
+        raise UserError(f"--engine {name}: choose one of {', '.join(ENGINE_CHOICES)}")
+    if name == "auto":
+        return "vllm" if vllm_available() else "hf"
+    if name == "vllm" and not vllm_available():
+        raise UserError(
+            "--engine vllm: vLLM is not installed; pip install 'rlaif-cli[vllm]' (GPU) or"
+            " 'rlaif-cli[cpu]' (CPU), or use --engine hf"
+        )
+    return name
+
+
+def make_engine(
+    model_path: str, settings: EngineSettings, seed: int = 0, share: float = 1.0
+) -> Engine:
+    """Build the engine named in `settings` for a resolved model folder or hub id.
+
+    `seed` seeds the engine as a whole (per-request seeds go with each call). `share` is the
+    fraction of the accelerator this engine may take, for stages that hold two models at once.
+    """
+    name = resolve_engine_name(settings.engine)
+    if name == "vllm":
+        from rlaif.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_path, settings, seed, share)
+    from rlaif.engines.hf_engine import HFEngine
+
+    return HFEngine(model_path, settings)

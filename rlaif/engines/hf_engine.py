@@ -1,0 +1,128 @@
+"""transformers engine: the fallback where vLLM is missing, and the reference for tests."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from rlaif.engines.base import (
+    Chat,
+    Completion,
+    OptionScores,
+    Sampling,
+    logsumexp,
+    option_token_ids,
+    render_prompt_ids,
+)
+
+
+class HFEngine:
+    name = "hf"
+
+    def __init__(self, model_path: str, settings):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_id = model_path
+        self.settings = settings
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # bf16 only where the hardware has it: bf16 matmuls on most CPUs are slow or unsupported.
+        dtype = (
+            torch.bfloat16
+            if self.device == "cuda" and torch.cuda.is_bf16_supported()
+            else torch.float32
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            model_path, trust_remote_code=settings.trust_remote_code
+        )
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=dtype, trust_remote_code=settings.trust_remote_code
+        ).to(self.device)
+        self.model.eval()
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+
+    def _batches(self, prompts: list[list[int]]):
+        """Indices grouped into batches of similar length, so little compute goes to padding."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        size = self.settings.batch_size
+        for start in range(0, len(order), size):
+            yield order[start : start + size]
+
+    def _left_padded(self, prompts: list[list[int]]):
+        import torch
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def generate(
+        self, chats: Sequence[Chat], sampling: Sampling, seeds: Sequence[int]
+    ) -> list[Completion]:
+        import torch
+
+        prompts = [render_prompt_ids(self.tokenizer, chat) for chat in chats]
+        results: list[Completion | None] = [None] * len(prompts)
+        eos_ids = self._eos_ids()
+        for batch in self._batches(prompts):
+            ids, mask = self._left_padded([prompts[i] for i in batch])
+            # transformers samples a whole batch from one generator, so per-request seeds cannot
+            # be honoured exactly; seeding from the batch's seeds keeps reruns identical.
+            torch.manual_seed(_combine_seeds(seeds[i] for i in batch))
+            with torch.no_grad():
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=sampling.max_new_tokens,
+                    do_sample=sampling.temperature > 0,
+                    temperature=sampling.temperature if sampling.temperature > 0 else None,
+                    top_p=sampling.top_p if sampling.temperature > 0 else None,
+                    top_k=None,
+                    pad_token_id=self.pad_id,
+                )
+            for row, i in enumerate(batch):
+                new = out[row, ids.shape[1] :].tolist()
+                n_tokens = next((k + 1 for k, t in enumerate(new) if t in eos_ids), len(new))
+                text = self.tokenizer.decode(new[:n_tokens], skip_special_tokens=True)
+                results[i] = Completion(text.strip(), len(prompts[i]), n_tokens)
+        return results  # type: ignore[return-value]
+
+    def score_options(
+        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str = ""
+    ) -> list[OptionScores]:
+        import torch
+
+        prompts = [render_prompt_ids(self.tokenizer, chat, answer_prefix) for chat in chats]
+        variants = [option_token_ids(self.tokenizer, o) for o in options]
+        results: list[OptionScores | None] = [None] * len(prompts)
+        for batch in self._batches(prompts):
+            ids, mask = self._left_padded([prompts[i] for i in batch])
+            with torch.no_grad():
+                # Left padding puts every prompt's last token in the last column: one forward
+                # pass, logits of that position only.
+                logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
+            logprobs = torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu()
+            for row, i in enumerate(batch):
+                scores = [logsumexp([logprobs[row, t].item() for t in ids_]) for ids_ in variants]
+                results[i] = OptionScores(scores, len(prompts[i]))
+        return results  # type: ignore[return-value]
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def close(self) -> None:
+        del self.model
+
+
+def _combine_seeds(seeds) -> int:
+    digest = hashlib.sha256(",".join(str(s) for s in seeds).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF

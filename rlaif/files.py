@@ -1,0 +1,211 @@
+"""The file contract shared by every stage.
+
+- JSONL in and out through `jsonlines`; `-` means stdin/stdout.
+- An output appears only when complete: written to a temporary file in the same folder, then
+  renamed, so a Makefile never sees half a file.
+- Interrupted runs leave `OUT.partial.jsonl`: a header line with the settings' fingerprint, then one
+  line per finished record. The next run with the same settings picks up from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import jsonlines
+
+from rlaif.errors import UserError, at
+
+STDIO = "-"
+PARTIAL_HEADER_KEY = "__rlaif_partial__"
+
+
+def read_input_bytes(path: str) -> bytes:
+    """The bytes of an input file (or stdin for `-`); one-line errors for the usual mistakes."""
+    if path == STDIO:
+        return sys.stdin.buffer.read()
+    p = Path(path)
+    if not p.exists():
+        raise at(path, None, "no such file")
+    if p.is_dir():
+        raise at(path, None, "is a folder, expected a JSONL file")
+    return p.read_bytes()
+
+
+def parse_jsonl(path: str, data: bytes) -> list[tuple[int, dict]]:
+    """Parse JSONL bytes into (line number, object) pairs; blank lines are skipped.
+
+    Raises a UserError naming file and line for non-UTF-8 bytes, invalid JSON, non-object lines
+    and an input without any record.
+    """
+    lines = data.split(b"\n")
+    current_line = 0
+
+    def numbered_lines() -> Iterator[bytes]:
+        # jsonlines pulls one line per record, so the counter names the line being parsed.
+        nonlocal current_line
+        for current_line, line in enumerate(lines, 1):  # noqa: B007 (read by the closure's caller)
+            yield line
+
+    rows: list[tuple[int, dict]] = []
+    reader = jsonlines.Reader(numbered_lines())
+    try:
+        for obj in reader.iter(type=dict, skip_empty=True):
+            rows.append((current_line, obj))
+    except jsonlines.InvalidLineError as e:
+        problem = str(e).rsplit(" (line", 1)[0]
+        if "requested type" in problem:
+            problem = "expected a JSON object ({...}) on each line"
+        elif e.__cause__ is not None:
+            problem = f"{problem.split(':')[0]}: {e.__cause__}"
+        raise at(path, current_line, problem) from None
+    if not rows:
+        raise at(path, None, "empty file: no JSON records found")
+    return rows
+
+
+def read_jsonl(path: str) -> tuple[list[tuple[int, dict]], str]:
+    """Records with their line numbers, and the sha256 of the input's bytes."""
+    data = read_input_bytes(path)
+    return parse_jsonl(path, data), sha256_bytes(data)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_id(obj: Any) -> str:
+    """A stable id for a record's content: 16 hex digits of its canonical JSON's sha256."""
+    canonical = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return sha256_bytes(canonical.encode())[:16]
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside `path`; rename it onto `path` only if the block succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_jsonl(path: str, rows: Iterable[dict]) -> None:
+    """Write rows atomically to `path`, or to stdout for `-`."""
+    if path == STDIO:
+        with jsonlines.Writer(sys.stdout, dumps=_dumps, flush=True) as writer:
+            writer.write_all(rows)
+        return
+    with atomic_output(path) as f, jsonlines.Writer(f, dumps=_dumps) as writer:
+        writer.write_all(rows)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_output(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+        f.write("\n")
+
+
+def manifest_path(output: str) -> Path:
+    return Path(f"{output}.manifest.json")
+
+
+def partial_path(output: str) -> Path:
+    return Path(f"{output}.partial.jsonl")
+
+
+class PartialRun:
+    """The sidecar of an unfinished run: finished records survive a crash, even SIGKILL.
+
+    Each batch of finished records is appended and fsync'ed; a line cut short by a crash is
+    dropped on reopening, so its record is simply done again.
+    """
+
+    def __init__(self, output: str, fingerprint: dict, force: bool):
+        self.path = partial_path(output)
+        self.fingerprint = fingerprint
+        self.done: dict[str, dict] = {}
+        if self.path.exists():
+            self._reopen(force)
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "w", encoding="utf-8") as f:
+                f.write(_dumps({PARTIAL_HEADER_KEY: fingerprint}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def _reopen(self, force: bool) -> None:
+        raw = self.path.read_bytes()
+        good_end = 0
+        header = None
+        records: dict[str, dict] = {}
+        for line in raw.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # cut short by a crash
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                break
+            if header is None:
+                header = obj.get(PARTIAL_HEADER_KEY) if isinstance(obj, dict) else None
+                if header is None:
+                    break
+            else:
+                records[obj["id"]] = obj
+            good_end += len(line)
+        if header != self.fingerprint:
+            if not force:
+                changed = _changed_keys(header, self.fingerprint)
+                raise UserError(
+                    f"{self.path}: an interrupted run with different settings exists"
+                    f" (changed: {', '.join(changed) or 'unreadable header'});"
+                    " rerun with the same settings to resume, or add --force to start over"
+                )
+            self.path.unlink()
+            return
+        self.done = records
+        with open(self.path, "r+b") as f:
+            f.truncate(good_end)
+
+    def append(self, records: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            for record in records:
+                f.write(_dumps(record) + "\n")
+                self.done[record["id"]] = record
+            f.flush()
+            os.fsync(f.fileno())
+
+    @staticmethod
+    def discard(output: str) -> None:
+        partial_path(output).unlink(missing_ok=True)
+
+
+def _changed_keys(old: dict | None, new: dict) -> list[str]:
+    if not isinstance(old, dict):
+        return []
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]

@@ -1,0 +1,82 @@
+"""Every prompt the judge and policy models see is built here, from plain templates.
+
+The critique→revision chain follows Constitutional AI, adapted to chat models: the conversation,
+then the critique request as a new user turn, the judge's critique, then the revision request.
+Each step's prompt extends the previous one, so vLLM's prefix cache reuses the work.
+"""
+
+from __future__ import annotations
+
+from rlaif.engines.base import Chat
+
+PREFERENCE_TEMPLATE = """\
+Consider the following conversation between a human and an AI assistant:
+
+{conversation}
+
+{question}
+
+Options:
+(A) {response_a}
+(B) {response_b}
+
+Answer with the letter of the better option, A or B."""
+
+# The judge's reply is scored right after this opening, so its next token is the option letter.
+PREFERENCE_ANSWER_PREFIX = "The answer is ("
+PREFERENCE_OPTIONS = ("A", "B")
+
+
+def conversation_text(messages: Chat) -> str:
+    """Render chat messages the way preference prompts show them: `Human: …` / `Assistant: …`."""
+    speaker = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    return "\n\n".join(f"{speaker.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+
+
+def few_shot_turns(examples) -> Chat:
+    """Worked examples as earlier turns of the same critique→revision pattern."""
+    turns: Chat = []
+    for ex in examples:
+        turns += [
+            {"role": "user", "content": ex.prompt},
+            {"role": "assistant", "content": ex.response},
+            {"role": "user", "content": ex.critique_request},
+            {"role": "assistant", "content": ex.critique},
+            {"role": "user", "content": ex.revision_request},
+            {"role": "assistant", "content": ex.revision},
+        ]
+    return turns
+
+
+def critique_chat(prompt: Chat, response: str, critique_request: str, examples=()) -> Chat:
+    return [
+        *few_shot_turns(examples),
+        *prompt,
+        {"role": "assistant", "content": response},
+        {"role": "user", "content": critique_request},
+    ]
+
+
+def revision_chat(
+    prompt: Chat,
+    response: str,
+    critique_request: str,
+    critique: str,
+    revision_request: str,
+    examples=(),
+) -> Chat:
+    return [
+        *critique_chat(prompt, response, critique_request, examples),
+        {"role": "assistant", "content": critique},
+        {"role": "user", "content": revision_request},
+    ]
+
+
+def preference_chat(prompt: Chat, question: str, response_a: str, response_b: str) -> Chat:
+    content = PREFERENCE_TEMPLATE.format(
+        conversation=conversation_text(prompt),
+        question=question,
+        response_a=response_a,
+        response_b=response_b,
+    )
+    return [{"role": "user", "content": content}]

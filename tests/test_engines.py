@@ -1,0 +1,89 @@
+"""One suite every engine passes, on the real embedded model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rlaif.engines import Sampling
+from rlaif.engines.base import option_token_ids, render_prompt_ids
+
+GREEDY = Sampling(max_new_tokens=16, temperature=0.0)
+
+
+def chat(text):
+    return [{"role": "user", "content": text}]
+
+
+def test_greedy_answer_is_sensible(engine):
+    [out] = engine.generate([chat("What is the capital of France?")], GREEDY, [0])
+    assert "Paris" in out.text
+    assert 0 < out.completion_tokens <= GREEDY.max_new_tokens
+    assert out.prompt_tokens > 5
+
+
+def test_results_follow_input_order(engine):
+    questions = ["What is the capital of France?", "Name three colors.", "What is 2+2?"]
+    forward = engine.generate([chat(q) for q in questions], GREEDY, [0, 1, 2])
+    backward = engine.generate([chat(q) for q in reversed(questions)], GREEDY, [2, 1, 0])
+    assert [o.text for o in forward] == [o.text for o in reversed(backward)]
+    assert "Paris" in forward[0].text and "4" in forward[2].text
+
+
+def test_max_new_tokens_is_respected(engine):
+    [out] = engine.generate([chat("Write a long story about a dragon.")], Sampling(5, 0.0), [0])
+    assert out.completion_tokens == 5
+
+
+def test_sampling_is_reproducible_with_seeds(engine):
+    hot = Sampling(max_new_tokens=12, temperature=1.0, top_p=1.0)
+    chats = [chat("Tell me a word."), chat("Invent a name for a cat.")]
+    first = engine.generate(chats, hot, [7, 8])
+    again = engine.generate(chats, hot, [7, 8])
+    assert [o.text for o in first] == [o.text for o in again]
+
+
+def test_sampling_depends_on_seed(engine):
+    hot = Sampling(max_new_tokens=12, temperature=1.0, top_p=1.0)
+    texts = {
+        engine.generate([chat("Invent a name for a cat.")], hot, [s])[0].text for s in range(6)
+    }
+    assert len(texts) > 1
+
+
+def test_option_scores_are_log_probabilities(engine):
+    question = chat("Which is a colour? (A) blue (B) chair. Answer A or B.")
+    [scores] = engine.score_options([question], ["A", "B"], answer_prefix="The answer is (")
+    assert len(scores.logprobs) == 2
+    assert all(lp <= 0 and math.isfinite(lp) for lp in scores.logprobs)
+    assert sum(math.exp(lp) for lp in scores.logprobs) <= 1.0 + 1e-4
+    assert scores.prompt_tokens > 10
+
+
+def test_option_scores_match_a_plain_forward_pass(engine, embedded_model):
+    """Both engines must give the full-vocabulary log-probability transformers computes."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
+    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
+    chats = [chat("Is the sky green? (A) yes (B) no"), chat("Pick a letter: (A) or (B)?")]
+    got = engine.score_options(chats, ["A", "B"], answer_prefix="(")
+    for c, scores in zip(chats, got, strict=True):
+        ids = torch.tensor([render_prompt_ids(tokenizer, c, "(")])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
+        for option, lp in zip(["A", "B"], scores.logprobs, strict=True):
+            expected = torch.logsumexp(logprobs[option_token_ids(tokenizer, option)], 0).item()
+            assert lp == pytest.approx(expected, abs=0.02)
+
+
+def test_option_variants_cover_spaced_and_bare_letters(embedded_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model)
+    ids = option_token_ids(tokenizer, "A")
+    assert {tokenizer.decode([i]) for i in ids} == {"A", " A"}
+    with pytest.raises(ValueError, match="single token"):
+        option_token_ids(tokenizer, "Absolutely not a single token")
