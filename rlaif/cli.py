@@ -15,14 +15,18 @@ import typer
 from rlaif.errors import UserError
 
 app = typer.Typer(
-    help="RLAIF and Constitutional AI pipelines: generate → label → train-rm → rl.",
+    help="RLAIF and Constitutional AI pipelines: generate → sample → label → train-rm → rl.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    # Plain help: rich mode keeps docstring line breaks and reads [a, b] as markup.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 constitution_app = typer.Typer(help="Check and inspect constitution files.", no_args_is_help=True)
 app.add_typer(constitution_app, name="constitution")
+eval_app = typer.Typer(help="Evaluate labels, reward models and policies.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 EMBEDDED = "smollm2-135m-instruct"
 
@@ -69,6 +73,19 @@ def _run_stage(fn):
             err=True,
         )
         raise typer.Exit(130) from None
+
+
+def _engine_settings(v: dict):
+    from rlaif.engines import EngineSettings
+
+    return EngineSettings(
+        engine=v["engine"],
+        tensor_parallel_size=v["tensor_parallel_size"],
+        gpu_memory_utilization=v["gpu_memory_utilization"],
+        max_model_len=v["max_model_len"],
+        batch_size=v["batch_size"],
+        trust_remote_code=v["trust_remote_code"],
+    )
 
 
 def _require_output(output: str | None) -> str:
@@ -133,7 +150,6 @@ def generate(
 
     def stage():
         from rlaif import generate as generate_stage
-        from rlaif.engines import EngineSettings
 
         v = merged_params(ctx)
         cfg = generate_stage.GenerateConfig(
@@ -149,14 +165,7 @@ def generate(
             top_p=v["top_p"],
             chunk_size=v["chunk_size"],
             force=v["force"],
-            engine=EngineSettings(
-                engine=v["engine"],
-                tensor_parallel_size=v["tensor_parallel_size"],
-                gpu_memory_utilization=v["gpu_memory_utilization"],
-                max_model_len=v["max_model_len"],
-                batch_size=v["batch_size"],
-                trust_remote_code=v["trust_remote_code"],
-            ),
+            engine=_engine_settings(v),
         )
         manifest = generate_stage.run(cfg)
         if cfg.output != "-":
@@ -165,6 +174,190 @@ def generate(
                 f" ({manifest['wall_time_s']:.1f} s)",
                 err=True,
             )
+
+    _run_stage(stage)
+
+
+@app.command()
+def label(
+    ctx: typer.Context,
+    pairs: Annotated[
+        str,
+        typer.Argument(
+            help="JSONL of pairs: prompt+responses, prompt+chosen/rejected, HH-RLHF"
+            " chosen/rejected dialogues, or `rlaif generate` output ('-' for stdin)."
+        ),
+    ],
+    output: OutputOpt = None,
+    constitution: ConstitutionOpt = "harmless",
+    judge_model: Annotated[
+        str, typer.Option("-m", "--judge-model", help="Judge: HF folder, hub id, .gguf or alias.")
+    ] = EMBEDDED,
+    principles_per_pair: Annotated[
+        str,
+        typer.Option(
+            "-k", "--principles-per-pair", help="Principles sampled per pair (averaged), or 'all'."
+        ),
+    ] = "1",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="probabilities: read the option letters' probabilities; generate: parse a"
+            " generated verdict (for engines without log-probabilities)."
+        ),
+    ] = "probabilities",
+    cot: Annotated[
+        bool, typer.Option("--cot", help="Generate a rationale first, then score the answer.")
+    ] = False,
+    clamp_low: Annotated[float, typer.Option(help="--cot: lowest probability kept.")] = 0.4,
+    clamp_high: Annotated[float, typer.Option(help="--cot: highest probability kept.")] = 0.6,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Longest rationale (--cot) or verdict (--method generate).")
+    ] = 256,
+    seed: SeedOpt = 0,
+    chunk_size: Annotated[int, typer.Option(help="Pairs judged together and saved.")] = 256,
+    force: ForceOpt = False,
+    engine: EngineOpt = "auto",
+    tensor_parallel_size: TensorParallelOpt = 1,
+    gpu_memory_utilization: GpuMemOpt = 0.85,
+    max_model_len: MaxModelLenOpt = 4096,
+    batch_size: BatchSizeOpt = 16,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    config: ConfigOpt = None,
+):
+    """Label pairs of responses with the judge's preference (soft labels, both orders).
+
+    For each pair and sampled principle the judge sees the pair as (A, B) and swapped; the
+    probabilities of the letters are averaged into p (first response preferred). Rows are in
+    TRL preference format (prompt, chosen, rejected) plus p_chosen, per-principle and per-order
+    probabilities and position_consistent. Judge diagnostics are printed at the end and stored
+    in the manifest. Any preference already in the input is kept as `reference`, used only
+    for agreement figures.
+
+    Examples:
+
+      rlaif label pairs.jsonl -o prefs.jsonl
+
+      rlaif label hh.jsonl -o prefs.jsonl -k all --engine hf
+
+      rlaif label revisions.jsonl -o check.jsonl --method generate
+    """
+    from rlaif.config import merged_params
+
+    def stage():
+        from rlaif import label as label_stage
+
+        v = merged_params(ctx)
+        cfg = label_stage.LabelConfig(
+            pairs=v["pairs"],
+            output=_require_output(v["output"]),
+            constitution=v["constitution"],
+            judge_model=v["judge_model"],
+            principles_per_pair=v["principles_per_pair"],
+            method=v["method"],
+            cot=v["cot"],
+            clamp_low=v["clamp_low"],
+            clamp_high=v["clamp_high"],
+            max_new_tokens=v["max_new_tokens"],
+            seed=v["seed"],
+            chunk_size=v["chunk_size"],
+            force=v["force"],
+            engine=_engine_settings(v),
+        )
+        manifest = label_stage.run(cfg)
+        if cfg.output != "-":
+            typer.echo(
+                f"wrote {manifest['counts']['records']} labelled pairs to {cfg.output}"
+                f" ({manifest['wall_time_s']:.1f} s)",
+                err=True,
+            )
+
+    _run_stage(stage)
+
+
+@app.command()
+def sample(
+    ctx: typer.Context,
+    prompts: Annotated[str, typer.Argument(help="JSONL of prompts, as for generate ('-': stdin).")],
+    output: OutputOpt = None,
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="Policy: HF folder, hub id, .gguf or alias.")
+    ] = EMBEDDED,
+    n: Annotated[
+        int, typer.Option("--n", help="Responses per prompt (even; written as pairs).")
+    ] = 2,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (> 0).")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest response.")] = 256,
+    seed: SeedOpt = 0,
+    chunk_size: Annotated[int, typer.Option(help="Prompts sampled together and saved.")] = 64,
+    force: ForceOpt = False,
+    engine: EngineOpt = "auto",
+    tensor_parallel_size: TensorParallelOpt = 1,
+    gpu_memory_utilization: GpuMemOpt = 0.85,
+    max_model_len: MaxModelLenOpt = 4096,
+    batch_size: BatchSizeOpt = 16,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    config: ConfigOpt = None,
+):
+    """Sample responses per prompt, written as pairs (a prompt and two responses) for labelling.
+
+    Examples:
+
+      rlaif sample examples/prompts.jsonl -o pairs.jsonl --n 2
+
+      rlaif sample prompts.jsonl -o pairs.jsonl -m ./sft-model --n 4 --temperature 0.9
+    """
+    from rlaif.config import merged_params
+
+    def stage():
+        from rlaif import sample as sample_stage
+
+        v = merged_params(ctx)
+        cfg = sample_stage.SampleConfig(
+            prompts=v["prompts"],
+            output=_require_output(v["output"]),
+            model=v["model"],
+            n=v["n"],
+            temperature=v["temperature"],
+            top_p=v["top_p"],
+            max_new_tokens=v["max_new_tokens"],
+            seed=v["seed"],
+            chunk_size=v["chunk_size"],
+            force=v["force"],
+            engine=_engine_settings(v),
+        )
+        manifest = sample_stage.run(cfg)
+        if cfg.output != "-":
+            typer.echo(
+                f"wrote {manifest['counts']['pairs']} pairs to {cfg.output}"
+                f" ({manifest['wall_time_s']:.1f} s)",
+                err=True,
+            )
+
+    _run_stage(stage)
+
+
+@eval_app.command("agreement")
+def eval_agreement(
+    file: Annotated[str, typer.Argument(help="Output of `rlaif label` ('-' for stdin).")],
+):
+    """Print the judge diagnostics of a labelled file: consistency, position bias, agreement.
+
+    Examples:
+
+      rlaif eval agreement prefs.jsonl
+    """
+
+    def stage():
+        from rlaif.diagnostics import format_diagnostics, judge_diagnostics
+        from rlaif.files import read_jsonl
+
+        rows = [row for _, row in read_jsonl(file)[0]]
+        missing = [k for k in ("p", "responses", "judgements") if k not in rows[0]]
+        if missing:
+            raise UserError(f"{file}: not an `rlaif label` output (missing {', '.join(missing)})")
+        typer.echo(format_diagnostics(judge_diagnostics(rows)))
 
     _run_stage(stage)
 

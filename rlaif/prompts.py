@@ -20,11 +20,36 @@ Options:
 (A) {response_a}
 (B) {response_b}
 
-Answer with the letter of the better option, A or B."""
+{instruction}"""
+
+ANSWER_INSTRUCTION = "Answer with the letter of the better option, A or B."
+# Chain of thought (Constitutional AI, sec. 4.1): a rationale first, then the answer is scored.
+COT_INSTRUCTION = (
+    "First explain briefly, step by step, which option is better and why."
+    " Then finish with: The answer is (A) or The answer is (B)."
+)
 
 # The judge's reply is scored right after this opening, so its next token is the option letter.
 PREFERENCE_ANSWER_PREFIX = "The answer is ("
 PREFERENCE_OPTIONS = ("A", "B")
+
+
+def cot_answer_prefix(rationale: str) -> str:
+    """After a generated rationale, the opening whose next token is scored."""
+    return f"{rationale.rstrip()}\n\n{PREFERENCE_ANSWER_PREFIX}"
+
+
+def parse_verdict(text: str) -> int | None:
+    """The option a generated verdict names (0 for A, 1 for B), or None when it names neither
+    or both: `(A)`, `A`, `Option B`, `The answer is (B)`, `Response A is better`."""
+    import re
+
+    explicit = re.findall(r"answer is \(?([AB])\b", text)
+    found = explicit or re.findall(r"(?<![A-Za-z])\(?([AB])\)?(?![A-Za-z])", text)
+    letters = set(found)
+    if len(letters) != 1:
+        return None
+    return PREFERENCE_OPTIONS.index(letters.pop())
 
 
 def conversation_text(messages: Chat) -> str:
@@ -72,11 +97,14 @@ def revision_chat(
     ]
 
 
-def preference_chat(prompt: Chat, question: str, response_a: str, response_b: str) -> Chat:
+def preference_chat(
+    prompt: Chat, question: str, response_a: str, response_b: str, cot: bool = False
+) -> Chat:
     content = PREFERENCE_TEMPLATE.format(
         conversation=conversation_text(prompt),
         question=question,
         response_a=response_a,
         response_b=response_b,
+        instruction=COT_INSTRUCTION if cot else ANSWER_INSTRUCTION,
     )
     return [{"role": "user", "content": content}]

@@ -48,10 +48,11 @@ class Engine(Protocol):
         ...
 
     def score_options(
-        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str = ""
+        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str | Sequence[str] = ""
     ) -> list[OptionScores]:
-        """For each chat, the log-probability that the assistant's reply, after `answer_prefix`,
-        starts with each option (summed over the tokenizer's variants of it, e.g. `A` and ` A`)."""
+        """For each chat, the log-probability that the assistant's reply, after `answer_prefix`
+        (one for all chats, or one per chat), starts with each option (summed over the
+        tokenizer's variants of it, e.g. `A` and ` A`)."""
         ...
 
     def close(self) -> None: ...
@@ -61,6 +62,13 @@ def render_prompt_ids(tokenizer, chat: Chat, answer_prefix: str = "") -> list[in
     """Token ids of `chat` followed by the assistant turn's opening (and `answer_prefix`)."""
     text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     return tokenizer.encode(text + answer_prefix, add_special_tokens=False)
+
+
+def per_chat(answer_prefix: str | Sequence[str], n: int) -> list[str]:
+    prefixes = [answer_prefix] * n if isinstance(answer_prefix, str) else list(answer_prefix)
+    if len(prefixes) != n:
+        raise ValueError(f"{len(prefixes)} answer prefixes for {n} chats")
+    return prefixes
 
 
 def option_token_ids(tokenizer, option: str) -> list[int]:

@@ -12,6 +12,7 @@ from rlaif.engines.base import (
     Sampling,
     logsumexp,
     option_token_ids,
+    per_chat,
     render_prompt_ids,
 )
 
@@ -93,11 +94,14 @@ class HFEngine:
         return results  # type: ignore[return-value]
 
     def score_options(
-        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str = ""
+        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str | Sequence[str] = ""
     ) -> list[OptionScores]:
         import torch
 
-        prompts = [render_prompt_ids(self.tokenizer, chat, answer_prefix) for chat in chats]
+        prefixes = per_chat(answer_prefix, len(chats))
+        prompts = [
+            render_prompt_ids(self.tokenizer, c, p) for c, p in zip(chats, prefixes, strict=True)
+        ]
         variants = [option_token_ids(self.tokenizer, o) for o in options]
         results: list[OptionScores | None] = [None] * len(prompts)
         for batch in self._batches(prompts):

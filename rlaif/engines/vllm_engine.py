@@ -12,6 +12,7 @@ from rlaif.engines.base import (
     Sampling,
     logsumexp,
     option_token_ids,
+    per_chat,
     render_prompt_ids,
 )
 
@@ -84,7 +85,7 @@ class VLLMEngine:
         ]
 
     def score_options(
-        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str = ""
+        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str | Sequence[str] = ""
     ) -> list[OptionScores]:
         from vllm import SamplingParams
 
@@ -93,8 +94,10 @@ class VLLMEngine:
         # logprob_token_ids returns the exact full-vocabulary log-probs of just these ids in one
         # pass; top-k `logprobs` could miss a candidate and `allowed_token_ids` renormalises.
         params = SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=wanted)
+        prefixes = per_chat(answer_prefix, len(chats))
         prompts = [
-            {"prompt_token_ids": render_prompt_ids(self.tokenizer, c, answer_prefix)} for c in chats
+            {"prompt_token_ids": render_prompt_ids(self.tokenizer, c, p)}
+            for c, p in zip(chats, prefixes, strict=True)
         ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         results = []

@@ -1,0 +1,233 @@
+"""Pair records for `rlaif label`: the JSONL row shapes that hold two responses to one prompt.
+
+Each row's shape is detected on its own, so files mixing shapes are fine:
+
+- `responses`: `{"prompt", "responses": [a, b]}`, optionally `"preferred": 0|1`.
+- `explicit`:  `{"prompt", "chosen", "rejected"}` (TRL's explicit-prompt preference format).
+- `generate`:  the same, from `rlaif generate` (chosen: final revision; rejected: first answer).
+- `hh`:        `{"chosen", "rejected"}` as Anthropic HH-RLHF dialogues ("\\n\\nHuman: ...").
+- `implicit`:  `{"chosen", "rejected"}` sharing a prompt prefix (text, or TRL conversational lists).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from rlaif.engines.base import Chat
+from rlaif.errors import at
+from rlaif.files import content_id
+from rlaif.records import parse_messages
+
+SHAPES = (
+    'expected {"prompt", "responses": [a, b]}, {"prompt", "chosen", "rejected"},'
+    ' or {"chosen", "rejected"} sharing a prompt prefix (e.g. HH-RLHF dialogues)'
+)
+# Only the blank line before a speaker starts a turn: HH texts quote "Human:" inside turns.
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+_CHOSEN_REJECTED = ("chosen", "rejected")
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    id: str
+    prompt: Chat  # the conversation so far, ending with the user's turn
+    responses: tuple[str, str]  # in input order: chosen first for chosen/rejected rows
+    reference: int | None  # index of the response the input prefers; None: no preference given
+    source: str  # the row's shape: "responses" | "explicit" | "implicit" | "hh" | "generate"
+    line: int
+
+    @property
+    def identical(self) -> bool:
+        """Nothing to judge: e.g. a `generate` row whose revisions left the answer unchanged.
+        Kept here (not an input error) so that the labelling stage can skip and count them."""
+        return self.responses[0].strip() == self.responses[1].strip()
+
+
+def parse_hh_dialogue(text: str) -> Chat:
+    """`"\\n\\nHuman: hi\\n\\nAssistant: hello"` -> user/assistant messages, contents stripped.
+
+    Raises ValueError (without file or line: callers add them) unless the text is alternating
+    turns that start with a Human one.
+    """
+    parts = _HH_TURN.split(text)
+    if parts[0].strip() or len(parts) == 1:
+        raise ValueError("an HH dialogue must start with '\\n\\nHuman:'")
+    messages = []
+    for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
+        role = _HH_ROLES[speaker]
+        expected = "assistant" if messages and messages[-1]["role"] == "user" else "user"
+        if role != expected:
+            turn = len(messages) + 1
+            raise ValueError(f"HH turn #{turn} is '{speaker}:' where the other speaker was due")
+        messages.append({"role": role, "content": content.strip()})
+    return messages
+
+
+def parse_pair_records(path: str, rows: list[tuple[int, dict]]) -> list[PairRecord]:
+    """Rows of any shape above, each with an optional `"id"`.
+
+    Rows without an id get one from their prompt and responses, so reruns and resumes match up.
+    """
+    records: list[PairRecord] = []
+    first_line_of: dict[str, int] = {}
+    for line, row in rows:
+        prompt, (a, b), reference, source = _parse_row(path, line, row)
+        names = ("responses[0]", "responses[1]") if source == "responses" else _CHOSEN_REJECTED
+        for name, response in zip(names, (a, b), strict=True):
+            if not response.strip():
+                raise at(path, line, f"the response in '{name}' is empty: nothing to judge")
+        if prompt[-1]["role"] != "user":
+            raise at(path, line, "the prompt must end with a user message to answer")
+        if "id" in row:
+            if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+                raise at(path, line, "'id' must be a string or an integer")
+            record_id = str(row["id"])
+        else:
+            record_id = content_id({"prompt": prompt, "responses": [a, b]})
+        if record_id in first_line_of:
+            raise at(
+                path,
+                line,
+                f"duplicate id {record_id!r} (first on line {first_line_of[record_id]});"
+                " ids must be unique (rows without 'id' get one from their content)",
+            )
+        first_line_of[record_id] = line
+        records.append(PairRecord(record_id, prompt, (a, b), reference, source, line))
+    return records
+
+
+def _parse_row(path: str, line: int, row: dict) -> tuple[Chat, tuple[str, str], int | None, str]:
+    has_pair = "chosen" in row or "rejected" in row
+    if "responses" in row:
+        if has_pair:
+            raise at(path, line, "give either 'responses' or 'chosen'/'rejected', not both")
+        return _responses_row(path, line, row)
+    if not has_pair:
+        raise at(path, line, f"no pair of responses found; {SHAPES}")
+    for field in ("chosen", "rejected"):
+        if field not in row:
+            raise at(path, line, f"'chosen' and 'rejected' come together: '{field}' is missing")
+    if "prompt" in row:
+        prompt = _prompt(path, line, row["prompt"])
+        pair = (
+            _response(path, line, row["chosen"], "chosen"),
+            _response(path, line, row["rejected"], "rejected"),
+        )
+        source = "generate" if "initial_response" in row and "revisions" in row else "explicit"
+        return prompt, pair, 0, source
+    chosen, rejected = row["chosen"], row["rejected"]
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        if _is_hh(chosen) or _is_hh(rejected):
+            return (*_hh_pair(path, line, chosen, rejected), 0, "hh")
+        return (*_text_pair(path, line, chosen, rejected), 0, "implicit")
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        return (*_chat_pair(path, line, chosen, rejected), 0, "implicit")
+    raise at(
+        path,
+        line,
+        "without 'prompt', 'chosen' and 'rejected' must both be text or both lists of messages",
+    )
+
+
+def _responses_row(path: str, line: int, row: dict):
+    if "prompt" not in row:
+        raise at(path, line, "missing field 'prompt' (text or a list of messages) for 'responses'")
+    prompt = _prompt(path, line, row["prompt"])
+    responses = row["responses"]
+    if not isinstance(responses, list) or len(responses) != 2:
+        got = f"{len(responses)}" if isinstance(responses, list) else type(responses).__name__
+        raise at(path, line, f"'responses' must be a list of exactly two responses, got {got}")
+    pair = tuple(_response(path, line, r, f"responses[{i}]") for i, r in enumerate(responses))
+    reference = row.get("preferred")
+    if reference is not None and (isinstance(reference, bool) or reference not in (0, 1)):
+        raise at(path, line, "'preferred' must be 0 or 1: the index of the better response")
+    return prompt, pair, reference, "responses"
+
+
+def _prompt(path: str, line: int, value) -> Chat:
+    if isinstance(value, list):
+        return parse_messages(path, line, value, "prompt")
+    if isinstance(value, str) and value.strip():
+        return [{"role": "user", "content": value}]
+    raise at(path, line, "'prompt' must be non-empty text or a list of messages")
+
+
+def _response(path: str, line: int, value, field: str) -> str:
+    """Text, or TRL's conversational form: a list holding one assistant message."""
+    if isinstance(value, str):
+        return value
+    # Only one message: a longer list would continue the conversation, and judging its last
+    # turn alone would silently drop the turns before it.
+    if isinstance(value, list) and len(value) == 1:
+        (message,) = parse_messages(path, line, value, field)
+        if message["role"] == "assistant":
+            return message["content"]
+    raise at(
+        path, line, f'\'{field}\' must be text or a list of one {{"role": "assistant"}} message'
+    )
+
+
+def _is_hh(text: str) -> bool:
+    return "\n\nHuman:" in text and "\n\nAssistant:" in text
+
+
+def _hh_pair(path: str, line: int, chosen: str, rejected: str) -> tuple[Chat, tuple[str, str]]:
+    dialogues = []
+    for field, text in (("chosen", chosen), ("rejected", rejected)):
+        try:
+            messages = parse_hh_dialogue(text)
+        except ValueError as e:
+            raise at(path, line, f"'{field}': {e}") from None
+        if messages[-1]["role"] != "assistant" or len(messages) < 2:
+            raise at(path, line, f"'{field}': an HH dialogue must end with an 'Assistant:' turn")
+        dialogues.append(messages)
+    return _shared_prompt(path, line, *dialogues, what="HH dialogues")
+
+
+def _chat_pair(path: str, line: int, chosen: list, rejected: list) -> tuple[Chat, tuple[str, str]]:
+    dialogues = [
+        parse_messages(path, line, chosen, "chosen"),
+        parse_messages(path, line, rejected, "rejected"),
+    ]
+    for field, messages in zip(("chosen", "rejected"), dialogues, strict=True):
+        if messages[-1]["role"] != "assistant" or len(messages) < 2:
+            raise at(path, line, f"'{field}' must be the prompt's messages, then an assistant one")
+    return _shared_prompt(path, line, *dialogues, what="conversations")
+
+
+def _shared_prompt(path: str, line: int, chosen: Chat, rejected: Chat, what: str):
+    if chosen[:-1] != rejected[:-1]:
+        turn = next(
+            (n for n, (c, r) in enumerate(zip(chosen, rejected, strict=False), 1) if c != r),
+            min(len(chosen), len(rejected)),
+        )
+        raise at(
+            path,
+            line,
+            f"the chosen and rejected {what} differ at turn #{turn}, before their final"
+            " assistant turn; both must share the same prompt",
+        )
+    return chosen[:-1], (chosen[-1]["content"], rejected[-1]["content"])
+
+
+def _text_pair(path: str, line: int, chosen: str, rejected: str) -> tuple[Chat, tuple[str, str]]:
+    if chosen == rejected:
+        raise at(path, line, "the two responses are identical: nothing to judge")
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    # Cut after whitespace, so "Answer: yes" / "Answer: yeah" splits into "yes" / "yeah",
+    # not "s" / "ah".
+    while n > 0 and not chosen[n - 1].isspace():
+        n -= 1
+    prompt = chosen[:n].strip()
+    if not prompt:
+        raise at(
+            path,
+            line,
+            "'chosen' and 'rejected' share no prompt text; add a 'prompt' field,"
+            " or use HH-RLHF '\\n\\nHuman:'/'\\n\\nAssistant:' dialogues",
+        )
+    return [{"role": "user", "content": prompt}], (chosen[n:].strip(), rejected[n:].strip())
