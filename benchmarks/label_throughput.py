@@ -4,6 +4,7 @@
   (b) the same on transformers
   (c) generate-and-parse judging on the same vLLM engine (the approach of earlier TRL judges,
       distilabel and the HF constitutional-ai recipe): a short generated verdict per order
+  (a') (a) with --dtype bfloat16 (the CPU default is float32; see rlaif/engines/vllm_engine.py)
   (d) the compute limit: tokens/s implied by a bf16 matrix-multiply rate measured here, divided
       by 2 × the judge's non-embedding parameters
 
@@ -80,6 +81,7 @@ def main() -> None:
     parser.add_argument("--pairs", dest="n_pairs", type=int, default=100)
     parser.add_argument("--verdict-tokens", type=int, default=64)
     args = parser.parse_args()
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep the measurement lines readable
 
     import torch
 
@@ -128,11 +130,23 @@ def main() -> None:
         constitution,
     )
 
+    vllm.close()
+    vllm_bf16 = make_engine(model, EngineSettings(engine="vllm", dtype="bfloat16"))
+    a16 = measure(
+        "(a') rlaif label on vLLM, --dtype bfloat16",
+        vllm_bf16,
+        records,
+        probabilities,
+        constitution,
+    )
+
     print(
         f"ratio (a)/(c) pairs/s:        {a['pairs_per_s'] / c['pairs_per_s']:6.2f}   (target >= 5)"
     )
     print(f"ratio (a)/(b) pairs/s:        {a['pairs_per_s'] / b['pairs_per_s']:6.2f}")
     print(f"ratio (a)/(d) tokens/s:       {a['tokens_per_s'] / limit:6.2%}   (target >= 60%)")
+    print(f"ratio (a')/(d) tokens/s:      {a16['tokens_per_s'] / limit:6.2%}")
+    print(f"ratio (a')/(c) pairs/s:       {a16['pairs_per_s'] / c['pairs_per_s']:6.2f}")
 
 
 if __name__ == "__main__":

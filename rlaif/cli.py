@@ -55,6 +55,10 @@ GpuMemOpt = Annotated[
 ]
 MaxModelLenOpt = Annotated[int, typer.Option(help="vLLM: longest prompt + answer in tokens.")]
 BatchSizeOpt = Annotated[int, typer.Option(help="transformers engine: sequences per batch.")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(help="Weights' dtype: auto (float32 on CPU), float32, bfloat16 or float16."),
+]
 TrustRemoteCodeOpt = Annotated[
     bool, typer.Option("--trust-remote-code", help="Run model code from the hub (off: safer).")
 ]
@@ -85,6 +89,7 @@ def _engine_settings(v: dict):
         max_model_len=v["max_model_len"],
         batch_size=v["batch_size"],
         trust_remote_code=v["trust_remote_code"],
+        dtype=v["dtype"],
     )
 
 
@@ -132,6 +137,7 @@ def generate(
     max_model_len: MaxModelLenOpt = 4096,
     batch_size: BatchSizeOpt = 16,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    dtype: DtypeOpt = "auto",
     config: ConfigOpt = None,
 ):
     """Answer prompts, then critique and revise each answer against a constitution.
@@ -223,6 +229,7 @@ def label(
     max_model_len: MaxModelLenOpt = 4096,
     batch_size: BatchSizeOpt = 16,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    dtype: DtypeOpt = "auto",
     config: ConfigOpt = None,
 ):
     """Label pairs of responses with the judge's preference (soft labels, both orders).
@@ -298,6 +305,7 @@ def sample(
     max_model_len: MaxModelLenOpt = 4096,
     batch_size: BatchSizeOpt = 16,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    dtype: DtypeOpt = "auto",
     config: ConfigOpt = None,
 ):
     """Sample responses per prompt, written as pairs (a prompt and two responses) for labelling.

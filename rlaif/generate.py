@@ -24,7 +24,7 @@ from rlaif.files import read_jsonl
 from rlaif.manifest import build_manifest
 from rlaif.models import EMBEDDED_ALIAS, resolve_model
 from rlaif.records import PromptRecord, parse_prompt_records
-from rlaif.stage import publish, run_in_chunks
+from rlaif.stage import publish, run_in_chunks, settings_fingerprint
 
 
 @dataclass
@@ -169,14 +169,16 @@ def run(cfg: GenerateConfig) -> dict:
     engine_name = resolve_engine_name(cfg.engine.engine)
     policy_model = resolve_model(cfg.policy_model)
     judge_model = resolve_model(cfg.judge_model) if cfg.judge_model else policy_model
-    fingerprint = {
-        **{k: v for k, v in asdict(cfg).items() if k not in ("output", "force", "prompts")},
-        "engine": {**asdict(cfg.engine), "engine": engine_name},
-        "input_sha256": input_sha,
-        "constitution_sha256": constitution.sha256,
-        "policy_model_sha256": policy_model.source_sha256,
-        "judge_model_sha256": judge_model.source_sha256,
-    }
+    settings = replace(cfg.engine, engine=engine_name)
+    fingerprint = settings_fingerprint(
+        cfg,
+        "prompts",
+        engine=asdict(settings),
+        input_sha256=input_sha,
+        constitution_sha256=constitution.sha256,
+        policy_model_sha256=policy_model.source_sha256,
+        judge_model_sha256=judge_model.source_sha256,
+    )
     engines: dict[str, object] = {}
     tokens = _TokenCounter()
 
@@ -184,7 +186,6 @@ def run(cfg: GenerateConfig) -> dict:
         # One engine per distinct model: when the policy judges itself, it is loaded once.
         if model.path not in engines:
             share = 1.0 if policy_model.path == judge_model.path else 0.5
-            settings = replace(cfg.engine, engine=engine_name)
             engines[model.path] = make_engine(model.path, settings, cfg.seed, share)
         return engines[model.path]
 

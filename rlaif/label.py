@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from rlaif import prompts
 from rlaif.constitution import Constitution, load_constitution, resolve_constitution_path
-from rlaif.diagnostics import format_diagnostics, judge_diagnostics
+from rlaif.diagnostics import Judgement, format_diagnostics, judge_diagnostics
 from rlaif.engines import EngineSettings, Sampling, make_engine, resolve_engine_name
 from rlaif.errors import UserError
 from rlaif.files import read_jsonl
@@ -31,7 +31,7 @@ from rlaif.generate import derived_seed
 from rlaif.manifest import build_manifest
 from rlaif.models import EMBEDDED_ALIAS, resolve_model
 from rlaif.pairs import PairRecord, parse_pair_records
-from rlaif.stage import publish, run_in_chunks
+from rlaif.stage import publish, run_in_chunks, settings_fingerprint
 
 METHODS = ("probabilities", "generate")
 
@@ -193,18 +193,15 @@ def _row(entry: dict, judge_id: str, cfg: LabelConfig) -> dict:
         p_ab_raw, rationale_ab, abst_ab = orders["ab"]
         p_ba_raw, rationale_ba, abst_ba = orders["ba"]
         p_ab, p_ba, p = combine_orders(p_ab_raw, p_ba_raw)
+        verdict = Judgement(principle_id, p_ab, p_ba, abst_ab or abst_ba)
         judgements.append(
             {
                 "principle_id": principle_id,
                 "p_ab": p_ab,
                 "p_ba": p_ba,
                 "p": p,
-                "consistent": p_ab is not None
-                and p_ba is not None
-                and (p_ab > 0.5) == (p_ba > 0.5)
-                and p_ab != 0.5
-                and p_ba != 0.5,
-                "abstained": abst_ab or abst_ba,
+                "consistent": verdict.paired and verdict.consistent(),
+                "abstained": verdict.abstained,
                 "rationale_ab": rationale_ab,
                 "rationale_ba": rationale_ba,
             }
@@ -245,13 +242,14 @@ def run(cfg: LabelConfig) -> dict:
     engine_name = resolve_engine_name(cfg.engine.engine)
     judge_model = resolve_model(cfg.judge_model)
     settings = replace(cfg.engine, engine=engine_name)
-    fingerprint = {
-        **{k: v for k, v in asdict(cfg).items() if k not in ("output", "force", "pairs")},
-        "engine": asdict(settings),
-        "input_sha256": input_sha,
-        "constitution_sha256": constitution.sha256,
-        "judge_model_sha256": judge_model.source_sha256,
-    }
+    fingerprint = settings_fingerprint(
+        cfg,
+        "pairs",
+        engine=asdict(settings),
+        input_sha256=input_sha,
+        constitution_sha256=constitution.sha256,
+        judge_model_sha256=judge_model.source_sha256,
+    )
     counter = _Counter()
     judge = None
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from rlaif.engines.base import Chat
 from rlaif.errors import at
-from rlaif.files import content_id
-from rlaif.records import parse_messages
+from rlaif.records import parse_messages, unique_record_id
 
 SHAPES = (
     'expected {"prompt", "responses": [a, b]}, {"prompt", "chosen", "rejected"},'
@@ -80,20 +79,8 @@ def parse_pair_records(path: str, rows: list[tuple[int, dict]]) -> list[PairReco
                 raise at(path, line, f"the response in '{name}' is empty: nothing to judge")
         if prompt[-1]["role"] != "user":
             raise at(path, line, "the prompt must end with a user message to answer")
-        if "id" in row:
-            if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
-                raise at(path, line, "'id' must be a string or an integer")
-            record_id = str(row["id"])
-        else:
-            record_id = content_id({"prompt": prompt, "responses": [a, b]})
-        if record_id in first_line_of:
-            raise at(
-                path,
-                line,
-                f"duplicate id {record_id!r} (first on line {first_line_of[record_id]});"
-                " ids must be unique (rows without 'id' get one from their content)",
-            )
-        first_line_of[record_id] = line
+        content = {"prompt": prompt, "responses": [a, b]}
+        record_id = unique_record_id(path, line, row, content, first_line_of)
         records.append(PairRecord(record_id, prompt, (a, b), reference, source, line))
     return records
 

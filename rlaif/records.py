@@ -62,19 +62,26 @@ def parse_prompt_records(path: str, rows: list[tuple[int, dict]]) -> list[Prompt
             raise at(path, line, "missing field 'prompt' (text) or 'messages' (list)")
         if messages[-1]["role"] != "user":
             raise at(path, line, "the conversation must end with a user message to answer")
-        if "id" in row:
-            if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
-                raise at(path, line, "'id' must be a string or an integer")
-            record_id = str(row["id"])
-        else:
-            record_id = content_id(messages)
-        if record_id in first_line_of:
-            raise at(
-                path,
-                line,
-                f"duplicate id {record_id!r} (first on line {first_line_of[record_id]});"
-                " ids must be unique (rows without 'id' get one from their content)",
-            )
-        first_line_of[record_id] = line
+        record_id = unique_record_id(path, line, row, messages, first_line_of)
         records.append(PromptRecord(record_id, messages, line))
     return records
+
+
+def unique_record_id(path: str, line: int, row: dict, content, first_line_of: dict) -> str:
+    """The row's `"id"`, or one made from `content`, checked unique against `first_line_of`
+    (id → line, updated here). Content ids let reruns and resumes match records up."""
+    if "id" in row:
+        if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool):
+            raise at(path, line, "'id' must be a string or an integer")
+        record_id = str(row["id"])
+    else:
+        record_id = content_id(content)
+    if record_id in first_line_of:
+        raise at(
+            path,
+            line,
+            f"duplicate id {record_id!r} (first on line {first_line_of[record_id]});"
+            " ids must be unique (rows without 'id' get one from their content)",
+        )
+    first_line_of[record_id] = line
+    return record_id

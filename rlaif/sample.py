@@ -16,7 +16,7 @@ from rlaif.generate import derived_seed
 from rlaif.manifest import build_manifest
 from rlaif.models import EMBEDDED_ALIAS, resolve_model
 from rlaif.records import parse_prompt_records
-from rlaif.stage import publish, run_in_chunks
+from rlaif.stage import publish, run_in_chunks, settings_fingerprint
 
 
 @dataclass
@@ -78,12 +78,13 @@ def run(cfg: SampleConfig) -> dict:
     engine_name = resolve_engine_name(cfg.engine.engine)
     model = resolve_model(cfg.model)
     settings = replace(cfg.engine, engine=engine_name)
-    fingerprint = {
-        **{k: v for k, v in asdict(cfg).items() if k not in ("output", "force", "prompts")},
-        "engine": asdict(settings),
-        "input_sha256": input_sha,
-        "model_sha256": model.source_sha256,
-    }
+    fingerprint = settings_fingerprint(
+        cfg,
+        "prompts",
+        engine=asdict(settings),
+        input_sha256=input_sha,
+        model_sha256=model.source_sha256,
+    )
     tokens = {"prompt_tokens": 0, "completion_tokens": 0}
     engine = None
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from rlaif.files import STDIO, PartialRun, manifest_path, write_jsonl
 from rlaif.manifest import write_manifest
+
+
+def settings_fingerprint(cfg, input_field: str, **resolved) -> dict:
+    """What must not change for an interrupted run to be resumed: the settings (not where the
+    output goes, nor --force; the input by its hash, not its path) and `resolved` values."""
+    ignored = ("output", "force", input_field)
+    return {**{k: v for k, v in asdict(cfg).items() if k not in ignored}, **resolved}
 
 
 @dataclass

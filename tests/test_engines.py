@@ -87,3 +87,13 @@ def test_option_variants_cover_spaced_and_bare_letters(embedded_model):
     assert {tokenizer.decode([i]) for i in ids} == {"A", " A"}
     with pytest.raises(ValueError, match="single token"):
         option_token_ids(tokenizer, "Absolutely not a single token")
+
+
+def test_prompts_that_cannot_fit_fail_with_one_clear_error(engine):
+    from rlaif.errors import UserError
+
+    too_long = chat("word " * 2100)  # the shared engines run with --max-model-len 2048
+    with pytest.raises(UserError, match=r"exceeds --max-model-len 2048"):
+        engine.generate([too_long], GREEDY, [0])
+    with pytest.raises(UserError, match=r"plus 1 new tokens exceeds --max-model-len 2048"):
+        engine.score_options([too_long], ["A", "B"])

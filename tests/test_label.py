@@ -224,3 +224,49 @@ def test_eval_agreement_prints_the_report(labelled):
     assert result.exit_code == 0, result.output
     assert "WARNING" in result.output
     assert f"{manifest['diagnostics']['agreement']['agree']}" in result.output
+
+
+def first_hh_pairs(n: int):
+    from rlaif.files import read_jsonl
+    from rlaif.pairs import parse_pair_records
+
+    rows, _ = read_jsonl(str(HH))
+    return parse_pair_records(str(HH), rows)[:n]
+
+
+def test_cot_and_generate_methods_on_the_real_judge(engine_by_name):
+    from rlaif.constitution import load_constitution, resolve_constitution_path
+
+    judge = engine_by_name("hf")
+    constitution = load_constitution(resolve_constitution_path("harmless"))
+    records = first_hh_pairs(3)
+    cot = label.LabelConfig(pairs="-", output="-", cot=True, max_new_tokens=24)
+    rows = label.judge_chunk(records, judge, cot, constitution, label._Counter(), lambda n: None)
+    for row in rows:
+        [j] = row["judgements"]
+        assert 0.4 <= j["p_ab"] <= 0.6 and 0.4 <= j["p_ba"] <= 0.6
+        assert j["rationale_ab"] and j["rationale_ba"]
+    generated = label.LabelConfig(pairs="-", output="-", method="generate", max_new_tokens=8)
+    counter = label._Counter()
+    rows = label.judge_chunk(records, judge, generated, constitution, counter, lambda n: None)
+    for row in rows:
+        [j] = row["judgements"]
+        for p in (j["p_ab"], j["p_ba"]):
+            assert p in (0.0, 1.0) or (p is None and j["abstained"])
+    assert counter.tokens["judge_completion_tokens"] > 0
+
+
+def test_label_cli_rejects_bad_input_and_writes_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlaif.cli import app
+
+    src = tmp_path / "pairs.jsonl"
+    src.write_text('{"prompt": "Q?", "responses": ["a", "b"]}\n{"prompt": "Q?", "chosen": "a"}\n')
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["label", str(src), "-o", str(out), "--engine", "hf"])
+    assert result.exit_code == 2
+    assert f"{src}:2: 'chosen' and 'rejected' come together" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]
+    bad_k = CliRunner().invoke(app, ["label", str(src), "-o", str(out), "-k", "zero"])
+    assert bad_k.exit_code == 2 and "--principles-per-pair zero" in bad_k.output

@@ -18,6 +18,7 @@ __all__ = [
 ]
 
 ENGINE_CHOICES = ("auto", "vllm", "hf")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,12 @@ class EngineSettings:
     max_model_len: int = 4096
     batch_size: int = 16  # transformers only; vLLM schedules its own batches
     trust_remote_code: bool = False
+    # "auto": float32 on a CPU (see the engines for why), the model's own dtype on a GPU.
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
 
 
 def vllm_available() -> bool:

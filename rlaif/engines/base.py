@@ -64,6 +64,23 @@ def render_prompt_ids(tokenizer, chat: Chat, answer_prefix: str = "") -> list[in
     return tokenizer.encode(text + answer_prefix, add_special_tokens=False)
 
 
+def check_fits(prompts: Sequence[Sequence[int]], new_tokens: int, max_model_len: int) -> None:
+    """Fail before any work when a prompt plus its answer cannot fit the context window.
+
+    vLLM rejects such prompts mid-batch, and a silent truncation would cut the responses being
+    judged; one clear error is better than either.
+    """
+    longest = max((len(p) for p in prompts), default=0)
+    if longest + new_tokens > max_model_len:
+        from rlaif.errors import UserError
+
+        raise UserError(
+            f"a prompt of {longest} tokens plus {new_tokens} new tokens exceeds --max-model-len"
+            f" {max_model_len}; raise --max-model-len (up to the model's context) or shorten"
+            " the longest inputs"
+        )
+
+
 def per_chat(answer_prefix: str | Sequence[str], n: int) -> list[str]:
     prefixes = [answer_prefix] * n if isinstance(answer_prefix, str) else list(answer_prefix)
     if len(prefixes) != n:

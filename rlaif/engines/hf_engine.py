@@ -10,6 +10,7 @@ from rlaif.engines.base import (
     Completion,
     OptionScores,
     Sampling,
+    check_fits,
     logsumexp,
     option_token_ids,
     per_chat,
@@ -27,12 +28,12 @@ class HFEngine:
         self.model_id = model_path
         self.settings = settings
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        # bf16 only where the hardware has it: bf16 matmuls on most CPUs are slow or unsupported.
-        dtype = (
-            torch.bfloat16
-            if self.device == "cuda" and torch.cuda.is_bf16_supported()
-            else torch.float32
-        )
+        if settings.dtype != "auto":
+            dtype = getattr(torch, settings.dtype)
+        elif self.device == "cuda" and torch.cuda.is_bf16_supported():
+            dtype = torch.bfloat16
+        else:  # many CPUs lack fast bf16, and float32 keeps results comparable across engines
+            dtype = torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(
             model_path, trust_remote_code=settings.trust_remote_code
         )
@@ -68,6 +69,7 @@ class HFEngine:
         import torch
 
         prompts = [render_prompt_ids(self.tokenizer, chat) for chat in chats]
+        check_fits(prompts, sampling.max_new_tokens, self.settings.max_model_len)
         results: list[Completion | None] = [None] * len(prompts)
         eos_ids = self._eos_ids()
         for batch in self._batches(prompts):
@@ -102,6 +104,7 @@ class HFEngine:
         prompts = [
             render_prompt_ids(self.tokenizer, c, p) for c, p in zip(chats, prefixes, strict=True)
         ]
+        check_fits(prompts, 1, self.settings.max_model_len)
         variants = [option_token_ids(self.tokenizer, o) for o in options]
         results: list[OptionScores | None] = [None] * len(prompts)
         for batch in self._batches(prompts):

@@ -10,6 +10,7 @@ from rlaif.engines.base import (
     Completion,
     OptionScores,
     Sampling,
+    check_fits,
     logsumexp,
     option_token_ids,
     per_chat,
@@ -40,6 +41,7 @@ class VLLMEngine:
         from vllm import LLM
 
         self.model_id = model_path
+        self.max_model_len = settings.max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(
             model_path, trust_remote_code=settings.trust_remote_code
         )
@@ -53,7 +55,7 @@ class VLLMEngine:
             trust_remote_code=settings.trust_remote_code,
             # On a CPU vLLM downcasts to bf16 by default, which changes greedy answers of small
             # models (measured on SmolLM2-135M); float32 keeps it in step with transformers.
-            dtype="float32" if cpu_only else "auto",
+            dtype=settings.dtype if settings.dtype != "auto" else "float32" if cpu_only else "auto",
             # Compiling takes ~60 s more start-up on a CPU (measured: 85 s vs 25 s), more than
             # the runs it speeds up on such a machine; on a GPU, compiled graphs pay off.
             enforce_eager=cpu_only,
@@ -65,6 +67,9 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         prompts = [{"prompt_token_ids": render_prompt_ids(self.tokenizer, c)} for c in chats]
+        check_fits(
+            [p["prompt_token_ids"] for p in prompts], sampling.max_new_tokens, self.max_model_len
+        )
         params = [
             SamplingParams(
                 max_tokens=sampling.max_new_tokens,
@@ -99,6 +104,7 @@ class VLLMEngine:
             {"prompt_token_ids": render_prompt_ids(self.tokenizer, c, p)}
             for c, p in zip(chats, prefixes, strict=True)
         ]
+        check_fits([p["prompt_token_ids"] for p in prompts], 1, self.max_model_len)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         results = []
         for out in outputs:
