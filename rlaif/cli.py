@@ -129,7 +129,7 @@ def generate(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
     chunk_size: Annotated[
         int, typer.Option(help="Prompts batched together and saved per step of progress.")
-    ] = 64,
+    ] = 256,
     force: ForceOpt = False,
     engine: EngineOpt = "auto",
     tensor_parallel_size: TensorParallelOpt = 1,
@@ -297,7 +297,7 @@ def sample(
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 0.95,
     max_new_tokens: Annotated[int, typer.Option(help="Longest response.")] = 256,
     seed: SeedOpt = 0,
-    chunk_size: Annotated[int, typer.Option(help="Prompts sampled together and saved.")] = 64,
+    chunk_size: Annotated[int, typer.Option(help="Prompts sampled together and saved.")] = 256,
     force: ForceOpt = False,
     engine: EngineOpt = "auto",
     tensor_parallel_size: TensorParallelOpt = 1,

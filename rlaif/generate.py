@@ -39,7 +39,7 @@ class GenerateConfig:
     max_new_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 0.95
-    chunk_size: int = 64
+    chunk_size: int = 256  # the engine sees every prompt of a chunk at once; resume granularity
     force: bool = False
     engine: EngineSettings = field(default_factory=EngineSettings)
 

@@ -29,7 +29,7 @@ class SampleConfig:
     top_p: float = 0.95
     max_new_tokens: int = 256
     seed: int = 0
-    chunk_size: int = 64
+    chunk_size: int = 256
     force: bool = False
     engine: EngineSettings = field(default_factory=EngineSettings)
 
