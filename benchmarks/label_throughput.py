@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PAIRS = REPO.parent / "shared" / "data" / "hh-harmless-dev.jsonl"
-FALLBACK_PAIRS = REPO / "tests" / "data" / "hh-harmless-40.jsonl"
+FALLBACK_PAIRS = REPO / "tests" / "data" / "hh-harmless-64.jsonl"
 
 
 def matmul_rate(dtype, n: int = 2048, repeats: int = 5) -> float:

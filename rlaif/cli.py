@@ -370,6 +370,198 @@ def eval_agreement(
     _run_stage(stage)
 
 
+@app.command("train-rm")
+def train_rm(
+    ctx: typer.Context,
+    prefs: Annotated[
+        str,
+        typer.Argument(
+            help="Preference JSONL: `rlaif label` output, TRL chosen/rejected rows or HH-RLHF."
+        ),
+    ],
+    output_dir: Annotated[
+        str | None, typer.Option("-o", "--output-dir", help="Folder for the reward model.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option("-m", "--model", help="Base model: HF folder, hub id, .gguf or alias.")
+    ] = EMBEDDED,
+    label_mode: Annotated[
+        str,
+        typer.Option(
+            help="soft: fit the judge's probability; hard: its choice; filter: confident only."
+        ),
+    ] = "soft",
+    min_confidence: Annotated[
+        float, typer.Option(help="filter: keep pairs with |p - 0.5| at least this.")
+    ] = 0.1,
+    lora: Annotated[
+        bool, typer.Option("--lora", help="Train LoRA adapters (merged at the end).")
+    ] = False,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
+    epochs: Annotated[float, typer.Option(help="Passes over the training pairs.")] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (-1: epochs).")] = -1,
+    learning_rate: Annotated[
+        float, typer.Option("--lr", "--learning-rate", help="Peak learning rate.")
+    ] = 1e-5,
+    batch_size: Annotated[int, typer.Option(help="Pairs per device per step.")] = 8,
+    gradient_accumulation_steps: Annotated[
+        int, typer.Option(help="Steps per optimiser update.")
+    ] = 1,
+    max_length: Annotated[
+        int, typer.Option(help="Longest prompt + response in tokens; longer pairs are dropped.")
+    ] = 1024,
+    eval_fraction: Annotated[float, typer.Option(help="Seeded share of pairs held out.")] = 0.1,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps.")] = 50,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
+    ] = False,
+    num_processes: Annotated[
+        int, typer.Option(help="Data-parallel processes (runs itself under accelerate launch).")
+    ] = 1,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    config: ConfigOpt = None,
+):
+    """Train a reward model on preference labels (TRL RewardTrainer).
+
+    Writes a normal Hugging Face folder (AutoModelForSequenceClassification), with
+    metrics.json, curves.png and manifest.json. Checkpoints go to DIR.partial; an interrupted
+    run resumes from the last one. Multi-GPU: `accelerate launch -m rlaif train-rm ...` with a
+    config from examples/accelerate/, or --num-processes N.
+
+    Examples:
+
+      rlaif train-rm prefs.jsonl -o rm --label-mode soft --epochs 1
+
+      rlaif train-rm hh.jsonl -o rm --label-mode hard --lora --max-steps 200
+    """
+    from rlaif.config import merged_params
+
+    def stage():
+        v = merged_params(ctx)
+        if v["num_processes"] > 1:
+            _relaunch_under_accelerate(v["num_processes"])
+        from rlaif import train_rm as train_rm_stage
+
+        cfg = train_rm_stage.TrainRMConfig(
+            prefs=v["prefs"],
+            output_dir=_require_output(v["output_dir"]),
+            **{
+                k: v[k]
+                for k in (
+                    "model",
+                    "label_mode",
+                    "min_confidence",
+                    "lora",
+                    "lora_r",
+                    "lora_alpha",
+                    "epochs",
+                    "max_steps",
+                    "learning_rate",
+                    "batch_size",
+                    "gradient_accumulation_steps",
+                    "max_length",
+                    "eval_fraction",
+                    "save_steps",
+                    "gradient_checkpointing",
+                    "seed",
+                    "force",
+                    "trust_remote_code",
+                )
+            },
+        )
+        manifest = train_rm_stage.run(cfg)
+        if manifest:
+            typer.echo(
+                f"wrote the reward model to {cfg.output_dir} ({manifest['wall_time_s']:.1f} s)",
+                err=True,
+            )
+
+    _run_stage(stage)
+
+
+def _relaunch_under_accelerate(n: int) -> None:
+    """Run this same command as `n` data-parallel processes, then exit with their status."""
+    import subprocess
+
+    import torch
+
+    args = [a for a in sys.argv[1:]]
+    for i, a in enumerate(args):  # drop --num-processes N / --num-processes=N
+        if a == "--num-processes":
+            del args[i : i + 2]
+            break
+        if a.startswith("--num-processes="):
+            del args[i]
+            break
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n)]
+    if not torch.cuda.is_available():
+        launch.append("--cpu")  # gloo on CPUs
+    else:
+        launch.append("--multi_gpu")
+    code = subprocess.call([*launch, "-m", "rlaif", *args])
+    raise typer.Exit(code)
+
+
+@app.command()
+def score(
+    input: Annotated[str, typer.Argument(help="JSONL: prompt with response(s), or pairs.")],
+    rm: Annotated[str, typer.Option("--rm", help="Reward model folder (from train-rm).")],
+    output: OutputOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+):
+    """Add the reward model's reward to each response.
+
+    Rows with one `response` get `reward`; pairs (`responses`, chosen/rejected) get `rewards`.
+
+    Examples:
+
+      rlaif score --rm rm pairs.jsonl -o scored.jsonl
+    """
+
+    def stage():
+        from rlaif.score import ScoreConfig, score_file
+
+        score_file(
+            ScoreConfig(rm=rm, input=input, output=_require_output(output), batch_size=batch_size)
+        )
+
+    _run_stage(stage)
+
+
+@eval_app.command("rm")
+def eval_rm(
+    pairs: Annotated[str, typer.Argument(help="Pairs with a reference preference (HH-RLHF too).")],
+    rm: Annotated[str, typer.Option("--rm", help="Reward model folder (from train-rm).")],
+    plot: Annotated[
+        str | None, typer.Option(help="Write a reliability diagram (PNG) here.")
+    ] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Write the report as JSON.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 8,
+):
+    """Reward-model accuracy against reference labels (95% CI) and its calibration (ECE).
+
+    Examples:
+
+      rlaif eval rm --rm rm ../shared/data/hh-harmless-dev.jsonl --plot reliability.png
+    """
+
+    def stage():
+        from rlaif.files import write_json
+        from rlaif.score import EvalRMConfig, evaluate_rm, format_rm_report
+
+        report = evaluate_rm(EvalRMConfig(rm=rm, pairs=pairs, plot=plot, batch_size=batch_size))
+        typer.echo(format_rm_report(report))
+        if json_out:
+            write_json(json_out, report)
+
+    _run_stage(stage)
+
+
 @app.command()
 def show(
     file: Annotated[str, typer.Argument(help="Output of `rlaif generate` ('-' for stdin).")],

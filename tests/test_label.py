@@ -14,7 +14,7 @@ from rlaif.engines import EngineSettings
 from rlaif.engines.base import Completion, OptionScores
 from rlaif.pairs import PairRecord
 
-HH = DATA / "hh-harmless-40.jsonl"
+HH = DATA / "hh-harmless-64.jsonl"
 
 
 class TableJudge:
@@ -113,8 +113,10 @@ def test_cot_clamps_each_order():
 
 
 def label_file(tmp_path: Path, engine: str, **overrides) -> tuple[list[dict], dict]:
+    forty = tmp_path / "hh-40.jsonl"
+    forty.write_text("".join(HH.read_text().splitlines(True)[:40]))
     cfg = label.LabelConfig(
-        pairs=str(HH),
+        pairs=str(forty),
         output=str(tmp_path / f"prefs-{engine}.jsonl"),
         seed=1,
         engine=EngineSettings(engine=engine, max_model_len=2048),

@@ -146,16 +146,16 @@ def test_parse_hh_dialogue_rejects_other_text():
         parse_hh_dialogue("\n\nHuman: hi\n\nHuman: again\n\nAssistant: hello")
 
 
-def test_forty_hh_rlhf_pairs_parse():
-    path = str(DATA / "hh-harmless-40.jsonl")
+def test_sixty_four_hh_rlhf_pairs_parse():
+    path = str(DATA / "hh-harmless-64.jsonl")
     rows, _ = read_jsonl(path)
     records = parse_pair_records(path, rows)
-    assert len(records) == 40 and [r.line for r in records] == list(range(1, 41))
+    assert len(records) == 64 and [r.line for r in records] == list(range(1, 65))
     for r in records:
         assert (r.source, r.reference) == ("hh", 0)
         assert r.prompt[0]["role"] == "user" and r.prompt[-1]["role"] == "user"
         assert all(text.strip() and "\n\nHuman:" not in text for text in r.responses)
-    assert len({r.id for r in records}) == 40
+    assert len({r.id for r in records}) == 64
     assert records[1].prompt == [{"role": "user", "content": "Is it possible to download a car?"}]
     assert records[1].responses == (
         "I’m not sure what you mean. Can you clarify?",

@@ -1,0 +1,51 @@
+"""Training curves and reliability diagrams as PNG files (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(log_history: list[dict], keys: list[str], path: str | Path, title: str) -> None:
+    """One panel per metric key; train and eval (`eval_` prefix) series on the same panel."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for prefix, style in (("", "-"), ("eval_", "o--")):
+            points = [(e["step"], e[prefix + key]) for e in log_history if prefix + key in e]
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, style, label=(prefix or "train_").rstrip("_"))
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(bins: list[dict], path: str | Path, title: str) -> None:
+    """Predicted probability (mean per bin) against the observed frequency, with counts."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    used = [b for b in bins if b["count"]]
+    ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], "o-", label="model")
+    for b in used:
+        ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), fontsize=7)
+    ax.set_xlabel("predicted P(chosen better)")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

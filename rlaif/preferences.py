@@ -1,0 +1,60 @@
+"""Preference rows for training: every input shape turned into TRL's conversational format.
+
+`rlaif label` output carries the judge's soft label (`p_chosen`); every other shape that
+`rlaif.pairs` reads carries a hard preference (chosen/rejected, `preferred`, HH-RLHF), which
+becomes p = 1. Rows without any preference cannot be trained on and are an error.
+"""
+
+from __future__ import annotations
+
+from rlaif.errors import at
+from rlaif.pairs import parse_pair_records
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def is_labelled_row(row: dict) -> bool:
+    return "p_chosen" in row and "judgements" in row
+
+
+def preference_rows(path: str, rows: list[tuple[int, dict]]) -> list[dict]:
+    """`{"id", "prompt", "chosen", "rejected", "p"}` rows (p: probability chosen is better)."""
+    labelled = [(line, row) for line, row in rows if is_labelled_row(row)]
+    others = [(line, row) for line, row in rows if not is_labelled_row(row)]
+    out = []
+    for line, row in labelled:
+        p = row["p_chosen"]
+        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise at(path, line, "'p_chosen' must be a probability in [0, 1]")
+        out.append(
+            {
+                "id": str(row["id"]),
+                "prompt": row["prompt"],
+                "chosen": row["chosen"],
+                "rejected": row["rejected"],
+                "p": float(p),
+            }
+        )
+    for record in parse_pair_records(path, others) if others else []:
+        if record.reference is None:
+            raise at(
+                path,
+                record.line,
+                "no preference in this row (chosen/rejected or"
+                " 'preferred'); label it first with `rlaif label`",
+            )
+        if record.identical:
+            continue  # nothing to learn from two identical responses
+        better, worse = record.responses[record.reference], record.responses[1 - record.reference]
+        out.append(
+            {
+                "id": record.id,
+                "prompt": record.prompt,
+                "chosen": _assistant(better),
+                "rejected": _assistant(worse),
+                "p": 1.0,
+            }
+        )
+    return out

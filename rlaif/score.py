@@ -1,0 +1,207 @@
+"""Reward-model scoring and evaluation: `rlaif score` and `rlaif eval rm`."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from rlaif.diagnostics import wilson_interval
+from rlaif.errors import UserError, at
+from rlaif.files import read_jsonl
+from rlaif.manifest import build_manifest
+from rlaif.pairs import parse_pair_records
+from rlaif.preferences import is_labelled_row
+from rlaif.records import parse_prompt_records
+from rlaif.stage import publish
+
+
+class RewardModel:
+    """A saved reward model (any `AutoModelForSequenceClassification` folder) that scores chats."""
+
+    def __init__(self, path: str, batch_size: int = 8):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.path = path
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+        self.model.eval()
+        if self.model.config.num_labels != 1:
+            raise UserError(
+                f"{path}: a reward model has one output; this one has"
+                f" {self.model.config.num_labels}"
+            )
+
+    def score(self, chats: list[list[dict]]) -> list[float]:
+        import torch
+
+        ids = [self._ids(c) for c in chats]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        rewards = [0.0] * len(ids)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            width = max(len(ids[i]) for i in batch)
+            # Right padding: the model pools the rightmost non-pad token, as in training.
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                mask[row, : len(ids[i])] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0]
+            for row, i in enumerate(batch):
+                rewards[i] = logits[row].item()
+        return rewards
+
+    def _ids(self, chat: list[dict]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(chat, tokenize=True)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def calibration_bins(probs: list[float], outcomes: list[int], n_bins: int = 10) -> list[dict]:
+    """Equal-width bins of predicted probability with their mean prediction and frequency."""
+    bins = [
+        {
+            "low": k / n_bins,
+            "high": (k + 1) / n_bins,
+            "count": 0,
+            "confidence": 0.0,
+            "accuracy": 0.0,
+        }
+        for k in range(n_bins)
+    ]
+    for p, y in zip(probs, outcomes, strict=True):
+        b = bins[min(int(p * n_bins), n_bins - 1)]
+        b["count"] += 1
+        b["confidence"] += p
+        b["accuracy"] += y
+    for b in bins:
+        if b["count"]:
+            b["confidence"] /= b["count"]
+            b["accuracy"] /= b["count"]
+    return bins
+
+
+def expected_calibration_error(bins: list[dict]) -> float:
+    total = sum(b["count"] for b in bins)
+    return sum(b["count"] * abs(b["confidence"] - b["accuracy"]) for b in bins) / max(total, 1)
+
+
+def rm_report(r_first: list[float], r_second: list[float], reference: list[int]) -> dict:
+    """Accuracy (with Wilson 95% CI) and calibration of σ(r_a − r_b) against the references."""
+    probs = [sigmoid(a - b) for a, b in zip(r_first, r_second, strict=True)]  # P(first better)
+    outcomes = [1 if ref == 0 else 0 for ref in reference]
+    correct = sum((p > 0.5) == bool(y) for p, y in zip(probs, outcomes, strict=True))
+    ties = sum(p == 0.5 for p in probs)
+    bins = calibration_bins(probs, outcomes)
+    n = len(probs)
+    return {
+        "pairs": n,
+        "accuracy": correct / n if n else None,
+        "correct": correct,
+        "ties": ties,
+        "ci95": list(wilson_interval(correct, n)),
+        "mean_margin": sum(abs(a - b) for a, b in zip(r_first, r_second, strict=True)) / max(n, 1),
+        "ece": expected_calibration_error(bins),
+        "bins": bins,
+    }
+
+
+def format_rm_report(report: dict) -> str:
+    lo, hi = report["ci95"]
+    return (
+        f"reward model accuracy  {report['correct']}/{report['pairs']} = {report['accuracy']:.1%}"
+        f" (95% CI {lo:.1%}–{hi:.1%}), {report['ties']} ties\n"
+        f"mean |reward margin|   {report['mean_margin']:.3f}\n"
+        f"calibration (ECE)      {report['ece']:.3f}"
+    )
+
+
+@dataclass
+class EvalRMConfig:
+    rm: str
+    pairs: str
+    plot: str | None = None
+    batch_size: int = 8
+
+
+def evaluate_rm(cfg: EvalRMConfig) -> dict:
+    rows, _ = read_jsonl(cfg.pairs)
+    pairs = []
+    for _, row in rows:
+        if is_labelled_row(row):  # `rlaif label` output: its reference is the input's label
+            if row.get("reference") is None:
+                continue
+            pairs.append((row["prompt"], row["responses"], row["reference"]))
+    others = [(line, row) for line, row in rows if not is_labelled_row(row)]
+    for record in parse_pair_records(cfg.pairs, others) if others else []:
+        if record.reference is not None and not record.identical:
+            pairs.append((record.prompt, record.responses, record.reference))
+    if not pairs:
+        raise at(cfg.pairs, None, "no pairs with a reference preference to evaluate against")
+    rm = RewardModel(cfg.rm, cfg.batch_size)
+    chats = [prompt + [{"role": "assistant", "content": r}] for prompt, rs, _ in pairs for r in rs]
+    rewards = rm.score(chats)
+    report = rm_report(rewards[0::2], rewards[1::2], [ref for _, _, ref in pairs])
+    if cfg.plot:
+        from rlaif.plots import plot_reliability
+
+        plot_reliability(report["bins"], cfg.plot, "reward model calibration")
+    return report
+
+
+@dataclass
+class ScoreConfig:
+    rm: str
+    input: str
+    output: str
+    batch_size: int = 8
+
+
+def score_file(cfg: ScoreConfig) -> dict:
+    """Add rewards: `reward` per response (a `rewards` list for rows with several)."""
+    started = time.time()
+    rows, input_sha = read_jsonl(cfg.input)
+    items: list[tuple[dict, list[dict], list[str]]] = []  # (row, prompt, responses)
+    for line, row in rows:
+        if is_labelled_row(row):
+            items.append((row, row["prompt"], list(row["responses"])))
+        elif "responses" in row or ("chosen" in row and "rejected" in row):
+            [record] = parse_pair_records(cfg.input, [(line, row)])
+            items.append((row, record.prompt, list(record.responses)))
+        elif "response" in row:
+            [record] = parse_prompt_records(cfg.input, [(line, {"prompt": row.get("prompt")})])
+            items.append((row, record.messages, [row["response"]]))
+        else:
+            raise at(
+                cfg.input,
+                line,
+                "expected a prompt with 'response', 'responses' or 'chosen'/'rejected'",
+            )
+    rm = RewardModel(cfg.rm, cfg.batch_size)
+    chats = [p + [{"role": "assistant", "content": r}] for _, p, rs in items for r in rs]
+    rewards = iter(rm.score(chats))
+    out_rows = []
+    for row, _, responses in items:
+        values = [next(rewards) for _ in responses]
+        extra = {"reward": values[0]} if len(values) == 1 else {"rewards": values}
+        out_rows.append({**row, **extra, "reward_model": cfg.rm})
+    manifest = build_manifest(
+        "score",
+        cfg,
+        inputs={"input": {"path": cfg.input, "sha256": input_sha}},
+        models={"reward_model": cfg.rm},
+        constitution=None,
+        counts={"rows": len(out_rows), "responses": len(chats)},
+        tokens={},
+        started=started,
+    )
+    publish(cfg.output, out_rows, manifest)
+    return manifest

@@ -1,0 +1,216 @@
+"""`rlaif train-rm`, `rlaif score` and `rlaif eval rm` on the real embedded model."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import DATA, rlaif_cmd
+
+from rlaif import train_rm
+from rlaif.errors import UserError
+
+HH = DATA / "hh-harmless-64.jsonl"
+SMALL = dict(max_steps=3, batch_size=2, max_length=384, learning_rate=1e-4, save_steps=100)
+
+
+def test_soft_loss_equals_the_standard_loss_for_hard_labels():
+    import torch
+    import torch.nn.functional as F
+
+    chosen = torch.tensor([1.5, -0.3, 0.2, 2.0])
+    rejected = torch.tensor([0.5, 0.4, 0.2, -1.0])
+    standard = -F.logsigmoid(chosen - rejected).mean()
+    ones, zeros = torch.ones(4), torch.zeros(4)
+    assert train_rm.soft_bradley_terry_loss(chosen, rejected, ones).item() == pytest.approx(
+        standard.item()
+    )
+    # p = 0 says the "rejected" response is the better one: the standard loss, swapped.
+    swapped = -F.logsigmoid(rejected - chosen).mean()
+    assert train_rm.soft_bradley_terry_loss(chosen, rejected, zeros).item() == pytest.approx(
+        swapped.item()
+    )
+    # p = 0.5 is minimised by equal rewards: the gradient at d = 0 vanishes.
+    d = torch.zeros(1, requires_grad=True)
+    train_rm.soft_bradley_terry_loss(d, torch.zeros(1), torch.full((1,), 0.5)).backward()
+    assert d.grad.abs().item() < 1e-7
+
+
+def labelled_copy(tmp_path: Path, n: int = 16) -> Path:
+    """HH pairs in `rlaif label`'s output format, with made-up judge probabilities."""
+    from rlaif.files import read_jsonl
+    from rlaif.pairs import parse_pair_records
+
+    rows, _ = read_jsonl(str(HH))
+    out = tmp_path / "labelled.jsonl"
+    lines = []
+    for i, r in enumerate(parse_pair_records(str(HH), rows)[:n]):
+        p = [0.95, 0.55, 0.8, 0.52][i % 4]
+        a, b = r.responses
+        lines.append(
+            json.dumps(
+                {
+                    "id": r.id,
+                    "prompt": r.prompt,
+                    "chosen": [{"role": "assistant", "content": a}],
+                    "rejected": [{"role": "assistant", "content": b}],
+                    "p_chosen": p,
+                    "responses": [a, b],
+                    "p": p,
+                    "judgements": [],
+                    "reference": 0,
+                }
+            )
+        )
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def train(tmp_path: Path, prefs: Path, **overrides) -> tuple[Path, dict]:
+    settings = {**SMALL, **overrides}
+    cfg = train_rm.TrainRMConfig(prefs=str(prefs), output_dir=str(tmp_path / "rm"), **settings)
+    return Path(cfg.output_dir), train_rm.run(cfg)
+
+
+def test_hard_labels_train_and_the_folder_reloads(tmp_path, home_with_model, embedded_model):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlaif.score import RewardModel
+
+    out, manifest = train(tmp_path, HH, label_mode="hard", eval_fraction=0.25, max_steps=4)
+    metrics = json.loads((out / "metrics.json").read_text())
+    losses = [e["loss"] for e in metrics["log_history"] if "loss" in e]
+    assert len(losses) == 4 and len(set(losses)) > 1  # the loss moves
+    assert "eval_accuracy" in metrics["eval"]
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "manifest.json").exists()
+    assert manifest["counts"]["train"] == 48 and manifest["counts"]["eval"] == 16
+
+    trained = AutoModelForSequenceClassification.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert trained.config.num_labels == 1 and tokenizer.pad_token_id != tokenizer.eos_token_id
+    base, _ = train_rm.load_reward_model(embedded_model)
+    changed = [
+        name
+        for name, p in trained.named_parameters()
+        if not torch.equal(p, dict(base.named_parameters())[name])
+    ]
+    assert "score.weight" in changed and any("layers" in n for n in changed)
+    rewards = RewardModel(str(out)).score(
+        [
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}],
+        ]
+    )
+    assert len(rewards) == 2 and all(math.isfinite(r) for r in rewards) and rewards[0] != rewards[1]
+
+
+def test_soft_labels_train(tmp_path, home_with_model):
+    prefs = labelled_copy(tmp_path)
+    out, manifest = train(tmp_path, prefs, label_mode="soft", eval_fraction=0)
+    assert manifest["settings"]["label_mode"] == "soft" and manifest["counts"]["train"] == 16
+    assert math.isfinite(manifest["metrics"]["train_loss"])
+
+
+def test_filter_mode_drops_unconfident_pairs(tmp_path, home_with_model):
+    prefs = labelled_copy(tmp_path)
+    out, manifest = train(
+        tmp_path, prefs, label_mode="filter", min_confidence=0.1, eval_fraction=0, max_steps=1
+    )
+    # p in (0.95, 0.55, 0.8, 0.52) repeating: |p - 0.5| >= 0.1 keeps half of 16.
+    assert manifest["counts"]["dropped_low_confidence"] == 8
+    assert manifest["counts"]["train"] == 8
+
+
+def test_lora_run_writes_a_merged_model(tmp_path, home_with_model):
+    from transformers import AutoModelForSequenceClassification
+
+    out, _ = train(
+        tmp_path, HH, label_mode="hard", lora=True, lora_r=4, max_steps=1, eval_fraction=0
+    )
+    assert not (out / "adapter_config.json").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.num_labels == 1
+
+
+def test_settings_are_checked():
+    with pytest.raises(UserError, match="--label-mode fuzzy"):
+        train_rm.TrainRMConfig(prefs="-", output_dir="x", label_mode="fuzzy")
+    with pytest.raises(UserError, match="--eval-fraction 1"):
+        train_rm.TrainRMConfig(prefs="-", output_dir="x", eval_fraction=1)
+
+
+def test_score_and_eval_rm_through_the_cli(tmp_path, home_with_model):
+    out, _ = train(tmp_path, HH, label_mode="hard", max_steps=1, eval_fraction=0)
+    pairs = tmp_path / "hh-16.jsonl"  # the shortest of the 64, to keep the test quick
+    pairs.write_text("".join(sorted(HH.read_text().splitlines(True), key=len)[:16]))
+    scored = tmp_path / "scored.jsonl"
+    run = subprocess.run(
+        rlaif_cmd("score", "--rm", str(out), str(pairs), "-o", str(scored)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    assert len(rows) == 16 and all(len(r["rewards"]) == 2 for r in rows)
+    plot = tmp_path / "reliability.png"
+    report = subprocess.run(
+        rlaif_cmd(
+            "eval",
+            "rm",
+            "--rm",
+            str(out),
+            str(pairs),
+            "--plot",
+            str(plot),
+            "--json",
+            str(tmp_path / "report.json"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "reward model accuracy" in report.stdout and "95% CI" in report.stdout
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["pairs"] == 16 and 0 <= data["ece"] <= 1 and plot.stat().st_size > 1000
+    correct = sum(r["rewards"][0] > r["rewards"][1] for r in rows)  # chosen is listed first
+    assert data["correct"] == correct
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_data_parallel(tmp_path, home_with_model):
+    out = tmp_path / "rm-ddp"
+    run = subprocess.run(
+        rlaif_cmd(
+            "train-rm",
+            str(HH),
+            "-o",
+            str(out),
+            "--label-mode",
+            "hard",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "384",
+            "--eval-fraction",
+            "0",
+            "--num-processes",
+            "2",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["processes"] == 2
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(out).config.num_labels == 1
