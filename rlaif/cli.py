@@ -416,8 +416,11 @@ def train_rm(
     gradient_checkpointing: Annotated[
         bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
     ] = False,
+    group_by_length: Annotated[
+        bool, typer.Option(help="Batch pairs of similar length (less padding).")
+    ] = True,
     num_processes: Annotated[
-        int, typer.Option(help="Data-parallel processes (runs itself under accelerate launch).")
+        int, typer.Option(help="Data-parallel processes (runs itself under torch.distributed).")
     ] = 1,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
@@ -428,8 +431,8 @@ def train_rm(
 
     Writes a normal Hugging Face folder (AutoModelForSequenceClassification), with
     metrics.json, curves.png and manifest.json. Checkpoints go to DIR.partial; an interrupted
-    run resumes from the last one. Multi-GPU: `accelerate launch -m rlaif train-rm ...` with a
-    config from examples/accelerate/, or --num-processes N.
+    run resumes from the last one. Data parallel: --num-processes N, or on GPUs
+    `accelerate launch --config_file examples/accelerate/CONFIG.yaml -m rlaif train-rm ...`.
 
     Examples:
 
@@ -466,6 +469,7 @@ def train_rm(
                     "eval_fraction",
                     "save_steps",
                     "gradient_checkpointing",
+                    "group_by_length",
                     "seed",
                     "force",
                     "trust_remote_code",
@@ -486,8 +490,6 @@ def _relaunch_under_accelerate(n: int) -> None:
     """Run this same command as `n` data-parallel processes, then exit with their status."""
     import subprocess
 
-    import torch
-
     args = [a for a in sys.argv[1:]]
     for i, a in enumerate(args):  # drop --num-processes N / --num-processes=N
         if a == "--num-processes":
@@ -496,11 +498,15 @@ def _relaunch_under_accelerate(n: int) -> None:
         if a.startswith("--num-processes="):
             del args[i]
             break
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n)]
-    if not torch.cuda.is_available():
-        launch.append("--cpu")  # gloo on CPUs
-    else:
-        launch.append("--multi_gpu")
+    # torch's launcher sets the rank variables that accelerate reads inside the Trainer; it
+    # picks NCCL on GPUs and gloo on CPUs (accelerate's own --cpu launcher starts one process).
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={n}",
+    ]
     code = subprocess.call([*launch, "-m", "rlaif", *args])
     raise typer.Exit(code)
 

@@ -4,7 +4,7 @@ Label modes:
 - `hard`: TRL's Bradley–Terry loss −log σ(r_chosen − r_rejected), the judge's choice as truth.
 - `soft`: the cross-entropy against the judge's probability p, as Constitutional AI and RLAIF
   train on soft labels: −p·log σ(d) − (1 − p)·log σ(−d), with d = r_chosen − r_rejected.
-  TRL has no such loss; `SoftLabelRewardTrainer` adds it (TRL's `margin` column shifts the
+  TRL has no such loss; `RLAIFRewardTrainer` adds it (TRL's `margin` column shifts the
   logit instead, which is a different model of the label).
 - `filter`: drop pairs with |p − 0.5| < min_confidence, then the hard loss.
 
@@ -52,6 +52,7 @@ class TrainRMConfig:
     eval_fraction: float = 0.1
     save_steps: int = 50
     gradient_checkpointing: bool = False
+    group_by_length: bool = True  # batches of similar length: less padding, same samples
     seed: int = 0
     force: bool = False
     trust_remote_code: bool = False
@@ -79,7 +80,9 @@ def soft_bradley_terry_loss(rewards_chosen, rewards_rejected, p):
     return -(p * F.logsigmoid(d) + (1 - p) * F.logsigmoid(-d)).mean()
 
 
-def _soft_trainer_class():
+def _trainer_class():
+    """RewardTrainer that keeps a precomputed `length` column for length-grouped batches and,
+    when a batch carries `label_p`, trains with the soft-label loss; metrics are TRL's own."""
     from dataclasses import dataclass as dc
 
     import torch
@@ -87,27 +90,27 @@ def _soft_trainer_class():
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
     @dc
-    class SoftLabelCollator(DataCollatorForPreference):
+    class LabelledCollator(DataCollatorForPreference):
         def torch_call(self, examples):
             batch = super().torch_call(examples)
-            batch["label_p"] = torch.tensor([e["label_p"] for e in examples], dtype=torch.float)
+            if "label_p" in examples[0]:
+                batch["label_p"] = torch.tensor([e["label_p"] for e in examples], dtype=torch.float)
             return batch
 
-    class SoftLabelRewardTrainer(RewardTrainer):
-        """RewardTrainer with the soft-label loss; its metrics are TRL's own."""
-
+    class RLAIFRewardTrainer(RewardTrainer):
         def _set_signature_columns_if_needed(self):
             if self._signature_columns is None:
-                self._signature_columns = ["chosen_ids", "rejected_ids", "label_p"]
+                self._signature_columns = ["chosen_ids", "rejected_ids", "label_p", "length"]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            p = inputs.pop("label_p")
+            p = inputs.pop("label_p", None)
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-            rewards_chosen, rewards_rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
-            loss = soft_bradley_terry_loss(rewards_chosen, rewards_rejected, p.to(loss.dtype))
+            if p is not None:
+                chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+                loss = soft_bradley_terry_loss(chosen, rejected, p.to(loss.dtype))
             return (loss, outputs) if return_outputs else loss
 
-    return SoftLabelRewardTrainer, SoftLabelCollator
+    return RLAIFRewardTrainer, LabelledCollator
 
 
 def select_rows(rows: list[dict], cfg: TrainRMConfig) -> tuple[list[dict], int]:
@@ -151,23 +154,23 @@ def load_reward_model(path: str, trust_remote_code: bool = False):
     return model, tokenizer
 
 
-def count_too_long(rows: list[dict], tokenizer, max_length: int) -> int:
-    """Pairs TRL will drop (it drops over-long pairs rather than truncating them)."""
-    too_long = 0
-    for r in rows:
-        for side in ("chosen", "rejected"):
-            ids = tokenizer.apply_chat_template(r["prompt"] + r[side], tokenize=True)
-            ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-            if len(ids) > max_length:
-                too_long += 1
-                break
-    return too_long
+def pair_lengths(rows: list[dict], tokenizer) -> list[int]:
+    """Tokens in the longer side of each pair, as TRL will tokenize it (chat template)."""
+
+    def length(chat):
+        ids = tokenizer.apply_chat_template(chat, tokenize=True)
+        return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    return [
+        max(length(r["prompt"] + r["chosen"]), length(r["prompt"] + r["rejected"])) for r in rows
+    ]
 
 
-def _to_dataset(rows: list[dict], soft: bool):
+def _to_dataset(rows: list[dict], lengths: list[int], soft: bool):
     from datasets import Dataset
 
     columns = {k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")}
+    columns["length"] = lengths
     if soft:
         columns["label_p"] = [r["p"] for r in rows]
     return Dataset.from_dict(columns)
@@ -206,10 +209,13 @@ def run(cfg: TrainRMConfig) -> dict:
     resolved = resolve_model(cfg.model)
 
     import torch
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardConfig
 
     model, tokenizer = load_reward_model(resolved.path, cfg.trust_remote_code)
-    too_long = count_too_long(rows, tokenizer, cfg.max_length)
+    train_lengths = pair_lengths(train_rows, tokenizer)
+    eval_lengths = pair_lengths(eval_rows, tokenizer)
+    # TRL drops pairs longer than max_length rather than truncating them; count them.
+    too_long = sum(n > cfg.max_length for n in train_lengths + eval_lengths)
     out = Path(cfg.output_dir)
     work = out.with_name(out.name + ".partial")
     fingerprint = _fingerprint(cfg, input_sha, resolved.source_sha256)
@@ -226,6 +232,7 @@ def run(cfg: TrainRMConfig) -> dict:
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_length=cfg.max_length,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         bf16=on_gpu and torch.cuda.is_bf16_supported(),  # TRL's default bf16=True fails on CPU
         use_cpu=not on_gpu,
         seed=cfg.seed,
@@ -239,10 +246,8 @@ def run(cfg: TrainRMConfig) -> dict:
         disable_tqdm=False,
     )
     soft = cfg.label_mode == "soft"
-    trainer_cls, collator = (RewardTrainer, None)
-    if soft:
-        trainer_cls, collator_cls = _soft_trainer_class()
-        collator = collator_cls(pad_token_id=tokenizer.pad_token_id)
+    trainer_cls, collator_cls = _trainer_class()
+    collator = collator_cls(pad_token_id=tokenizer.pad_token_id)
     peft_config = None
     if cfg.lora:
         from peft import LoraConfig
@@ -256,8 +261,8 @@ def run(cfg: TrainRMConfig) -> dict:
     trainer = trainer_cls(
         model=model,
         args=args,
-        train_dataset=_to_dataset(train_rows, soft),
-        eval_dataset=_to_dataset(eval_rows, soft) if eval_rows else None,
+        train_dataset=_to_dataset(train_rows, train_lengths, soft),
+        eval_dataset=_to_dataset(eval_rows, eval_lengths, soft) if eval_rows else None,
         processing_class=tokenizer,
         data_collator=collator,
         peft_config=peft_config,
