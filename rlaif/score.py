@@ -100,7 +100,9 @@ def rm_report(r_first: list[float], r_second: list[float], reference: list[int])
     outcomes = [1 if ref == 0 else 0 for ref in reference]
     correct = sum((p > 0.5) == bool(y) for p, y in zip(probs, outcomes, strict=True))
     ties = sum(p == 0.5 for p in probs)
-    bins = calibration_bins(probs, outcomes)
+    # Each pair counted in both orders: inputs usually list the preferred response first, which
+    # would leave every outcome 1 and the diagram degenerate; symmetrised, it spans [0, 1].
+    bins = calibration_bins(probs + [1 - p for p in probs], outcomes + [1 - y for y in outcomes])
     n = len(probs)
     return {
         "pairs": n,

@@ -220,6 +220,8 @@ def run(cfg: TrainRMConfig) -> dict:
     work = out.with_name(out.name + ".partial")
     fingerprint = _fingerprint(cfg, input_sha, resolved.source_sha256)
     resume = _prepare_checkpoint_dir(work, fingerprint, cfg.force)
+    if resume:
+        print(f"resuming from the last checkpoint in {work}", file=sys.stderr)
 
     on_gpu = torch.cuda.is_available()
     args = RewardConfig(
@@ -238,7 +240,7 @@ def run(cfg: TrainRMConfig) -> dict:
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=1,
-        eval_strategy="epoch" if eval_rows else "no",
+        eval_strategy="no",  # evaluated once, after training (below), not twice
         save_strategy="steps",
         save_steps=cfg.save_steps,
         save_total_limit=1,

@@ -214,3 +214,50 @@ def test_two_cpu_processes_train_data_parallel(tmp_path, home_with_model):
     from transformers import AutoModelForSequenceClassification
 
     assert AutoModelForSequenceClassification.from_pretrained(out).config.num_labels == 1
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, home_with_model):
+    import os
+    import signal
+    import time
+
+    pairs = tmp_path / "hh-short.jsonl"
+    pairs.write_text("".join(sorted(HH.read_text().splitlines(True), key=len)[:24]))
+    out = tmp_path / "rm"
+    args = rlaif_cmd(
+        "train-rm",
+        str(pairs),
+        "-o",
+        str(out),
+        "--label-mode",
+        "hard",
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "2",
+        "--save-steps",
+        "2",
+        "--eval-fraction",
+        "0",
+        "--max-length",
+        "384",
+    )
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = Path(f"{out}.partial")
+    deadline = time.time() + 600
+    while not list(partial.glob("checkpoint-2")) and time.time() < deadline:
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        time.sleep(0.2)
+    time.sleep(1)  # let the checkpoint finish writing (Trainer writes it in place)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from the last checkpoint" in resumed.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 6
+    logged_steps = [e["step"] for e in metrics["log_history"] if "loss" in e]
+    assert logged_steps[-1] == 6 and not partial.exists()
