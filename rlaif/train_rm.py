@@ -182,8 +182,8 @@ def _fingerprint(cfg: TrainRMConfig, input_sha: str, model_sha: str | None) -> d
     return {**settings, "input_sha256": input_sha, "model_sha256": model_sha}
 
 
-def _prepare_checkpoint_dir(work: Path, fingerprint: dict, force: bool) -> bool:
-    """Whether to resume from `work`'s checkpoints; refuses other settings unless forced."""
+def _prepare_checkpoint_dir(work: Path, fingerprint: dict, force: bool) -> Path | None:
+    """The checkpoint to resume from, if any; refuses other settings unless forced."""
     settings_file = work / SETTINGS_FILE
     if work.exists():
         same = settings_file.exists() and json.loads(settings_file.read_text()) == fingerprint
@@ -196,7 +196,19 @@ def _prepare_checkpoint_dir(work: Path, fingerprint: dict, force: bool) -> bool:
             shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     write_json(settings_file, fingerprint)
-    return any(work.glob("checkpoint-*"))
+    return _last_complete_checkpoint(work)
+
+
+def _last_complete_checkpoint(work: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing; a crash mid-save leaves one without
+    `trainer_state.json` (written last), which is removed so the run resumes from the one before."""
+    complete = []
+    for checkpoint in work.glob("checkpoint-*"):
+        if (checkpoint / "trainer_state.json").is_file():
+            complete.append(checkpoint)
+        else:
+            shutil.rmtree(checkpoint)
+    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
 
 
 def run(cfg: TrainRMConfig) -> dict:
@@ -221,7 +233,7 @@ def run(cfg: TrainRMConfig) -> dict:
     fingerprint = _fingerprint(cfg, input_sha, resolved.source_sha256)
     resume = _prepare_checkpoint_dir(work, fingerprint, cfg.force)
     if resume:
-        print(f"resuming from the last checkpoint in {work}", file=sys.stderr)
+        print(f"resuming from the last checkpoint, {resume}", file=sys.stderr)
 
     on_gpu = torch.cuda.is_available()
     args = RewardConfig(
@@ -269,7 +281,7 @@ def run(cfg: TrainRMConfig) -> dict:
         data_collator=collator,
         peft_config=peft_config,
     )
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     eval_metrics = trainer.evaluate() if eval_rows else {}
     if not trainer.is_world_process_zero():
         return {}

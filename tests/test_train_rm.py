@@ -246,10 +246,11 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, home_with_mo
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = Path(f"{out}.partial")
     deadline = time.time() + 600
-    while not list(partial.glob("checkpoint-2")) and time.time() < deadline:
+    # Kill once checkpoint-2 is complete (trainer_state.json is written last).
+    while not (partial / "checkpoint-2" / "trainer_state.json").exists():
         assert proc.poll() is None, "training ended before its first checkpoint"
-        time.sleep(0.2)
-    time.sleep(1)  # let the checkpoint finish writing (Trainer writes it in place)
+        assert time.time() < deadline
+        time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists()
@@ -257,7 +258,18 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, home_with_mo
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from the last checkpoint" in resumed.stderr
+    assert "checkpoint-2" in resumed.stderr or "checkpoint-4" in resumed.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 6
     logged_steps = [e["step"] for e in metrics["log_history"] if "loss" in e]
     assert logged_steps[-1] == 6 and not partial.exists()
+
+
+def test_a_checkpoint_cut_short_is_skipped(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert train_rm._last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert not (tmp_path / "checkpoint-6").exists()
