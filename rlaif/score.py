@@ -20,6 +20,7 @@ class RewardModel:
     """A saved reward model (any `AutoModelForSequenceClassification` folder) that scores chats."""
 
     def __init__(self, path: str, batch_size: int = 8):
+        check_reward_model_folder(path)
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -59,6 +60,17 @@ class RewardModel:
     def _ids(self, chat: list[dict]) -> list[int]:
         ids = self.tokenizer.apply_chat_template(chat, tokenize=True)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def check_reward_model_folder(path: str) -> None:
+    """Fail with one line, before any work, when `--rm` is not a saved model folder."""
+    from pathlib import Path
+
+    if not (Path(path) / "config.json").is_file():
+        raise UserError(
+            f"--rm {path}: not a reward-model folder (no config.json);"
+            " pass the -o folder of `rlaif train-rm`"
+        )
 
 
 def sigmoid(x: float) -> float:
@@ -135,6 +147,7 @@ class EvalRMConfig:
 
 
 def evaluate_rm(cfg: EvalRMConfig) -> dict:
+    check_reward_model_folder(cfg.rm)
     rows, _ = read_jsonl(cfg.pairs)
     pairs = []
     for _, row in rows:
@@ -170,6 +183,7 @@ class ScoreConfig:
 def score_file(cfg: ScoreConfig) -> dict:
     """Add rewards: `reward` per response (a `rewards` list for rows with several)."""
     started = time.time()
+    check_reward_model_folder(cfg.rm)
     rows, input_sha = read_jsonl(cfg.input)
     items: list[tuple[dict, list[dict], list[str]]] = []  # (row, prompt, responses)
     for line, row in rows:

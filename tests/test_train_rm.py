@@ -273,3 +273,15 @@ def test_a_checkpoint_cut_short_is_skipped(tmp_path):
             (folder / "trainer_state.json").write_text("{}")
     assert train_rm._last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
     assert not (tmp_path / "checkpoint-6").exists()
+
+
+def test_a_missing_reward_model_is_one_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlaif.cli import app
+
+    for command in (["eval", "rm"], ["score", "-o", str(tmp_path / "out.jsonl")]):
+        result = CliRunner().invoke(app, [*command, "--rm", str(tmp_path / "nope"), str(HH)])
+        assert result.exit_code == 2, result.output
+        assert "not a reward-model folder" in result.output
+    assert not (tmp_path / "out.jsonl").exists()
