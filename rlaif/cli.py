@@ -15,7 +15,7 @@ import typer
 from rlaif.errors import UserError
 
 app = typer.Typer(
-    help="RLAIF and Constitutional AI pipelines: generate → sample → label → train-rm → rl.",
+    help="RLAIF and Constitutional AI: generate → sft → sample → label → train-rm / dpo → rl.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
@@ -62,6 +62,57 @@ DtypeOpt = Annotated[
 TrustRemoteCodeOpt = Annotated[
     bool, typer.Option("--trust-remote-code", help="Run model code from the hub (off: safer).")
 ]
+
+# Options of the training stages (train-rm, sft, dpo, rl).
+TrainModelOpt = Annotated[
+    str,
+    typer.Option("-m", "--model", help="Starting model: HF folder, hub id, .gguf or alias."),
+]
+TrainOutputOpt = Annotated[
+    str | None, typer.Option("-o", "--output-dir", help="Folder for the trained model.")
+]
+LoraOpt = Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (merged at the end).")]
+LoraROpt = Annotated[int, typer.Option(help="LoRA rank.")]
+LoraAlphaOpt = Annotated[int, typer.Option(help="LoRA alpha.")]
+EpochsOpt = Annotated[float, typer.Option(help="Passes over the training data.")]
+MaxStepsOpt = Annotated[int, typer.Option(help="Stop after this many steps (-1: epochs).")]
+LearningRateOpt = Annotated[
+    float, typer.Option("--lr", "--learning-rate", help="Peak learning rate.")
+]
+GradAccumOpt = Annotated[int, typer.Option(help="Steps per optimiser update.")]
+SaveStepsOpt = Annotated[int, typer.Option(help="Checkpoint every this many steps.")]
+GradCheckpointOpt = Annotated[
+    bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
+]
+NumProcessesOpt = Annotated[
+    int, typer.Option(help="Data-parallel processes (runs itself under torch.distributed).")
+]
+LabelModeOpt = Annotated[
+    str,
+    typer.Option(
+        help="soft: fit the judge's probability; hard: its choice; filter: confident only."
+    ),
+]
+MinConfidenceOpt = Annotated[
+    float, typer.Option(help="filter: keep pairs with |p - 0.5| at least this.")
+]
+TRAINING_KEYS = (
+    "model",
+    "lora",
+    "lora_r",
+    "lora_alpha",
+    "epochs",
+    "max_steps",
+    "learning_rate",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "save_steps",
+    "gradient_checkpointing",
+    "seed",
+    "force",
+    "trust_remote_code",
+)
 
 
 def _run_stage(fn):
@@ -370,6 +421,27 @@ def eval_agreement(
     _run_stage(stage)
 
 
+def _training_stage(ctx: typer.Context, make_config, run, what: str) -> None:
+    """The shared shell of training commands: merged flags, optional data-parallel relaunch,
+    the stage's run, one line on completion."""
+    from rlaif.config import merged_params
+
+    def stage():
+        v = merged_params(ctx)
+        if v["num_processes"] > 1:
+            _relaunch_under_accelerate(v["num_processes"])
+        if not v["output_dir"]:
+            raise UserError("missing -o/--output-dir (the folder for the trained model)")
+        cfg = make_config(v, {k: v[k] for k in TRAINING_KEYS} | {"output_dir": v["output_dir"]})
+        manifest = run(cfg)
+        if manifest:  # only the main process of a data-parallel run writes
+            typer.echo(
+                f"wrote the {what} to {cfg.output_dir} ({manifest['wall_time_s']:.1f} s)", err=True
+            )
+
+    _run_stage(stage)
+
+
 @app.command("train-rm")
 def train_rm(
     ctx: typer.Context,
@@ -379,49 +451,28 @@ def train_rm(
             help="Preference JSONL: `rlaif label` output, TRL chosen/rejected rows or HH-RLHF."
         ),
     ],
-    output_dir: Annotated[
-        str | None, typer.Option("-o", "--output-dir", help="Folder for the reward model.")
-    ] = None,
-    model: Annotated[
-        str, typer.Option("-m", "--model", help="Base model: HF folder, hub id, .gguf or alias.")
-    ] = EMBEDDED,
-    label_mode: Annotated[
-        str,
-        typer.Option(
-            help="soft: fit the judge's probability; hard: its choice; filter: confident only."
-        ),
-    ] = "soft",
-    min_confidence: Annotated[
-        float, typer.Option(help="filter: keep pairs with |p - 0.5| at least this.")
-    ] = 0.1,
-    lora: Annotated[
-        bool, typer.Option("--lora", help="Train LoRA adapters (merged at the end).")
-    ] = False,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
-    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
-    epochs: Annotated[float, typer.Option(help="Passes over the training pairs.")] = 1.0,
-    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (-1: epochs).")] = -1,
-    learning_rate: Annotated[
-        float, typer.Option("--lr", "--learning-rate", help="Peak learning rate.")
-    ] = 1e-5,
+    output_dir: TrainOutputOpt = None,
+    model: TrainModelOpt = EMBEDDED,
+    label_mode: LabelModeOpt = "soft",
+    min_confidence: MinConfidenceOpt = 0.1,
+    lora: LoraOpt = False,
+    lora_r: LoraROpt = 16,
+    lora_alpha: LoraAlphaOpt = 32,
+    epochs: EpochsOpt = 1.0,
+    max_steps: MaxStepsOpt = -1,
+    learning_rate: LearningRateOpt = 1e-5,
     batch_size: Annotated[int, typer.Option(help="Pairs per device per step.")] = 8,
-    gradient_accumulation_steps: Annotated[
-        int, typer.Option(help="Steps per optimiser update.")
-    ] = 1,
+    gradient_accumulation_steps: GradAccumOpt = 1,
     max_length: Annotated[
         int, typer.Option(help="Longest prompt + response in tokens; longer pairs are dropped.")
     ] = 1024,
     eval_fraction: Annotated[float, typer.Option(help="Seeded share of pairs held out.")] = 0.1,
-    save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps.")] = 50,
-    gradient_checkpointing: Annotated[
-        bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
-    ] = False,
+    save_steps: SaveStepsOpt = 50,
+    gradient_checkpointing: GradCheckpointOpt = False,
     group_by_length: Annotated[
         bool, typer.Option(help="Batch pairs of similar length (less padding).")
     ] = True,
-    num_processes: Annotated[
-        int, typer.Option(help="Data-parallel processes (runs itself under torch.distributed).")
-    ] = 1,
+    num_processes: NumProcessesOpt = 1,
     seed: SeedOpt = 0,
     force: ForceOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -440,50 +491,180 @@ def train_rm(
 
       rlaif train-rm hh.jsonl -o rm --label-mode hard --lora --max-steps 200
     """
-    from rlaif.config import merged_params
 
-    def stage():
-        v = merged_params(ctx)
-        if v["num_processes"] > 1:
-            _relaunch_under_accelerate(v["num_processes"])
+    def make_config(v, common):
+        from rlaif.train_rm import TrainRMConfig
+
+        return TrainRMConfig(
+            prefs=v["prefs"],
+            **common,
+            **{
+                k: v[k]
+                for k in ("label_mode", "min_confidence", "eval_fraction", "group_by_length")
+            },
+        )
+
+    def run(cfg):
         from rlaif import train_rm as train_rm_stage
 
-        cfg = train_rm_stage.TrainRMConfig(
+        return train_rm_stage.run(cfg)
+
+    _training_stage(ctx, make_config, run, "reward model")
+
+
+@app.command()
+def sft(
+    ctx: typer.Context,
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Chat JSONL with 'messages' ending in the answer: `rlaif generate` output"
+            " (prompt + final revision) or any such file."
+        ),
+    ],
+    output_dir: TrainOutputOpt = None,
+    model: TrainModelOpt = EMBEDDED,
+    completion_only_loss: Annotated[
+        bool, typer.Option(help="Loss on the answer only, not on the prompt.")
+    ] = True,
+    lora: LoraOpt = False,
+    lora_r: LoraROpt = 16,
+    lora_alpha: LoraAlphaOpt = 32,
+    epochs: EpochsOpt = 1.0,
+    max_steps: MaxStepsOpt = -1,
+    learning_rate: LearningRateOpt = 2e-5,
+    batch_size: Annotated[int, typer.Option(help="Conversations per device per step.")] = 8,
+    gradient_accumulation_steps: GradAccumOpt = 1,
+    max_length: Annotated[
+        int, typer.Option(help="Longest conversation in tokens; longer ones are truncated.")
+    ] = 1024,
+    save_steps: SaveStepsOpt = 50,
+    gradient_checkpointing: GradCheckpointOpt = False,
+    num_processes: NumProcessesOpt = 1,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    config: ConfigOpt = None,
+):
+    """Supervised fine-tuning on revisions (SL-CAI), with TRL's SFTTrainer.
+
+    Trains on each row's last assistant turn given the turns before it. Writes a normal Hugging
+    Face folder (AutoModelForCausalLM; LoRA merged) with metrics.json, curves.png and
+    manifest.json; resumes from DIR.partial after a crash. Data parallel as for train-rm.
+
+    Examples:
+
+      rlaif sft revisions.jsonl -o sft-model --epochs 2
+
+      rlaif sft chats.jsonl -o sft-model -m HuggingFaceTB/SmolLM2-360M-Instruct --lora
+    """
+
+    def make_config(v, common):
+        from rlaif.sft import SFTConfig
+
+        return SFTConfig(data=v["data"], completion_only_loss=v["completion_only_loss"], **common)
+
+    def run(cfg):
+        from rlaif import sft as sft_stage
+
+        return sft_stage.run(cfg)
+
+    _training_stage(ctx, make_config, run, "fine-tuned model")
+
+
+@app.command()
+def dpo(
+    ctx: typer.Context,
+    prefs: Annotated[
+        str,
+        typer.Argument(
+            help="Preference JSONL: `rlaif label` output, TRL chosen/rejected rows or HH-RLHF."
+        ),
+    ],
+    output_dir: TrainOutputOpt = None,
+    model: TrainModelOpt = EMBEDDED,
+    ref_model: Annotated[
+        str | None,
+        typer.Option(help="Reference model for the KL leash (default: the starting model)."),
+    ] = None,
+    beta: Annotated[
+        float, typer.Option(help="Strength of the leash to the reference model.")
+    ] = 0.1,
+    loss_type: Annotated[
+        str | None,
+        typer.Option(
+            help="A TRL DPO loss: sigmoid, ipo, hinge, robust, exo_pair, ... (default: sigmoid;"
+            " exo_pair for soft labels)."
+        ),
+    ] = None,
+    label_smoothing: Annotated[
+        float, typer.Option(help="TRL's ε for the robust and exo_pair losses on hard labels.")
+    ] = 0.0,
+    label_mode: Annotated[
+        str,
+        typer.Option(
+            help="hard: the judge's choice; filter: confident pairs only; soft: fit the judge's"
+            " probability (exo_pair loss, one ε = 1 - p per pair)."
+        ),
+    ] = "hard",
+    min_confidence: MinConfidenceOpt = 0.1,
+    lora: LoraOpt = False,
+    lora_r: LoraROpt = 16,
+    lora_alpha: LoraAlphaOpt = 32,
+    epochs: EpochsOpt = 1.0,
+    max_steps: MaxStepsOpt = -1,
+    learning_rate: LearningRateOpt = 5e-6,
+    batch_size: Annotated[int, typer.Option(help="Pairs per device per step.")] = 8,
+    gradient_accumulation_steps: GradAccumOpt = 1,
+    max_length: Annotated[
+        int, typer.Option(help="Longest prompt + response in tokens; longer ones are truncated.")
+    ] = 1024,
+    save_steps: SaveStepsOpt = 50,
+    gradient_checkpointing: GradCheckpointOpt = False,
+    num_processes: NumProcessesOpt = 1,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    config: ConfigOpt = None,
+):
+    """Direct preference optimisation on AI (or human) labels, with TRL's DPOTrainer.
+
+    Writes a normal Hugging Face folder (AutoModelForCausalLM; LoRA merged) with
+    metrics.json, curves.png and manifest.json; resumes from DIR.partial after a crash. Data
+    parallel as for train-rm.
+
+    Examples:
+
+      rlaif dpo prefs.jsonl -o dpo-model --beta 0.1
+
+      rlaif dpo prefs.jsonl -o dpo-model -m sft-model --label-mode soft --lora
+    """
+
+    def make_config(v, common):
+        from rlaif.dpo import DPOConfig
+
+        return DPOConfig(
             prefs=v["prefs"],
-            output_dir=_require_output(v["output_dir"]),
+            **common,
             **{
                 k: v[k]
                 for k in (
-                    "model",
+                    "ref_model",
+                    "beta",
+                    "loss_type",
+                    "label_smoothing",
                     "label_mode",
                     "min_confidence",
-                    "lora",
-                    "lora_r",
-                    "lora_alpha",
-                    "epochs",
-                    "max_steps",
-                    "learning_rate",
-                    "batch_size",
-                    "gradient_accumulation_steps",
-                    "max_length",
-                    "eval_fraction",
-                    "save_steps",
-                    "gradient_checkpointing",
-                    "group_by_length",
-                    "seed",
-                    "force",
-                    "trust_remote_code",
                 )
             },
         )
-        manifest = train_rm_stage.run(cfg)
-        if manifest:
-            typer.echo(
-                f"wrote the reward model to {cfg.output_dir} ({manifest['wall_time_s']:.1f} s)",
-                err=True,
-            )
 
-    _run_stage(stage)
+    def run(cfg):
+        from rlaif import dpo as dpo_stage
+
+        return dpo_stage.run(cfg)
+
+    _training_stage(ctx, make_config, run, "DPO model")
 
 
 def _relaunch_under_accelerate(n: int) -> None:
@@ -564,6 +745,92 @@ def eval_rm(
         typer.echo(format_rm_report(report))
         if json_out:
             write_json(json_out, report)
+
+    _run_stage(stage)
+
+
+@eval_app.command("winrate")
+def eval_winrate(
+    ctx: typer.Context,
+    prompts: Annotated[str, typer.Argument(help="JSONL of prompts, as for generate.")],
+    policy: Annotated[
+        str, typer.Option(help="The model under test: HF folder (e.g. from dpo/rl), hub id, alias.")
+    ],
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="JSONL of compared answers and verdicts.")
+    ] = None,
+    baseline: Annotated[
+        str, typer.Option(help="The model to beat (default: the embedded starting model).")
+    ] = EMBEDDED,
+    judge_model: Annotated[
+        str, typer.Option(help="Judge: HF folder, hub id, .gguf or alias.")
+    ] = EMBEDDED,
+    constitution: ConstitutionOpt = "harmless",
+    principles_per_pair: Annotated[
+        str,
+        typer.Option(
+            "-k", "--principles-per-pair", help="Principles sampled per pair (averaged), or 'all'."
+        ),
+    ] = "1",
+    rm: Annotated[
+        str | None, typer.Option("--rm", help="Also report each side's mean reward.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer.")] = 128,
+    temperature: Annotated[
+        float, typer.Option(help="Sampling temperature for both models (0: greedy).")
+    ] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+    seed: SeedOpt = 0,
+    chunk_size: Annotated[int, typer.Option(help="Prompts processed together and saved.")] = 256,
+    force: ForceOpt = False,
+    engine: EngineOpt = "auto",
+    tensor_parallel_size: TensorParallelOpt = 1,
+    gpu_memory_utilization: GpuMemOpt = 0.85,
+    max_model_len: MaxModelLenOpt = 4096,
+    batch_size: BatchSizeOpt = 16,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    dtype: DtypeOpt = "auto",
+    config: ConfigOpt = None,
+):
+    """Win rate of a policy against a baseline, judged against the constitution.
+
+    Both models answer each prompt with the same settings and seeds; the judge compares each
+    pair in both orders. A win must hold in both orders; a verdict that flips with the order
+    is a tie. Prints win/tie/loss with 95% intervals; the rows (answers, verdicts) go to -o
+    and the report to its manifest.
+
+    Examples:
+
+      rlaif eval winrate examples/prompts.jsonl --policy dpo-model -o winrate.jsonl
+
+      rlaif eval winrate prompts.jsonl --policy rl-model --baseline sft-model --rm rm -o wr.jsonl
+    """
+    from rlaif.config import merged_params
+
+    def stage():
+        from rlaif import winrate
+
+        v = merged_params(ctx)
+        if not v["output"]:
+            raise UserError("missing -o/--output (a JSONL path for the compared answers)")
+        cfg = winrate.WinrateConfig(
+            prompts=v["prompts"],
+            output=v["output"],
+            policy=v["policy"],
+            baseline=v["baseline"],
+            judge_model=v["judge_model"],
+            constitution=v["constitution"],
+            principles_per_pair=v["principles_per_pair"],
+            reward_model=v["rm"],
+            max_new_tokens=v["max_new_tokens"],
+            temperature=v["temperature"],
+            top_p=v["top_p"],
+            seed=v["seed"],
+            chunk_size=v["chunk_size"],
+            force=v["force"],
+            engine=_engine_settings(v),
+        )
+        winrate.run(cfg)
 
     _run_stage(stage)
 

@@ -58,3 +58,17 @@ def preference_rows(path: str, rows: list[tuple[int, dict]]) -> list[dict]:
             }
         )
     return out
+
+
+def confident_rows(rows: list[dict], min_confidence: float) -> tuple[list[dict], int]:
+    """Rows whose label is at least `min_confidence` away from a coin flip, and how many were
+    dropped (`--label-mode filter`)."""
+    kept = [r for r in rows if abs(r["p"] - 0.5) >= min_confidence]
+    return kept, len(rows) - len(kept)
+
+
+def oriented(row: dict) -> dict:
+    """The row with `chosen` the side the label prefers (p ≥ 0.5), for hard-label losses."""
+    if row["p"] >= 0.5:
+        return row
+    return {**row, "chosen": row["rejected"], "rejected": row["chosen"], "p": 1.0 - row["p"]}

@@ -5,6 +5,7 @@ Real-model tests share one loaded engine per session (loading costs seconds to t
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -79,3 +80,34 @@ def engine_by_name(embedded_model):
 def rlaif_cmd(*args: str) -> list[str]:
     """The real CLI, as a user runs it (a subprocess of this interpreter)."""
     return [sys.executable, "-m", "rlaif", *args]
+
+
+def labelled_copy(tmp_path: Path, n: int = 16) -> Path:
+    """HH pairs in `rlaif label`'s output format, with made-up judge probabilities."""
+    from rlaif.files import read_jsonl
+    from rlaif.pairs import parse_pair_records
+
+    hh = DATA / "hh-harmless-64.jsonl"
+    rows, _ = read_jsonl(str(hh))
+    out = tmp_path / "labelled.jsonl"
+    lines = []
+    for i, r in enumerate(parse_pair_records(str(hh), rows)[:n]):
+        p = [0.95, 0.55, 0.8, 0.52][i % 4]
+        a, b = r.responses
+        lines.append(
+            json.dumps(
+                {
+                    "id": r.id,
+                    "prompt": r.prompt,
+                    "chosen": [{"role": "assistant", "content": a}],
+                    "rejected": [{"role": "assistant", "content": b}],
+                    "p_chosen": p,
+                    "responses": [a, b],
+                    "p": p,
+                    "judgements": [],
+                    "reference": 0,
+                }
+            )
+        )
+    out.write_text("\n".join(lines) + "\n")
+    return out

@@ -8,10 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import DATA, rlaif_cmd
+from conftest import DATA, labelled_copy, rlaif_cmd
 
 from rlaif import train_rm
 from rlaif.errors import UserError
+from rlaif.training import last_complete_checkpoint
 
 HH = DATA / "hh-harmless-64.jsonl"
 SMALL = dict(max_steps=3, batch_size=2, max_length=384, learning_rate=1e-4, save_steps=100)
@@ -37,36 +38,6 @@ def test_soft_loss_equals_the_standard_loss_for_hard_labels():
     d = torch.zeros(1, requires_grad=True)
     train_rm.soft_bradley_terry_loss(d, torch.zeros(1), torch.full((1,), 0.5)).backward()
     assert d.grad.abs().item() < 1e-7
-
-
-def labelled_copy(tmp_path: Path, n: int = 16) -> Path:
-    """HH pairs in `rlaif label`'s output format, with made-up judge probabilities."""
-    from rlaif.files import read_jsonl
-    from rlaif.pairs import parse_pair_records
-
-    rows, _ = read_jsonl(str(HH))
-    out = tmp_path / "labelled.jsonl"
-    lines = []
-    for i, r in enumerate(parse_pair_records(str(HH), rows)[:n]):
-        p = [0.95, 0.55, 0.8, 0.52][i % 4]
-        a, b = r.responses
-        lines.append(
-            json.dumps(
-                {
-                    "id": r.id,
-                    "prompt": r.prompt,
-                    "chosen": [{"role": "assistant", "content": a}],
-                    "rejected": [{"role": "assistant", "content": b}],
-                    "p_chosen": p,
-                    "responses": [a, b],
-                    "p": p,
-                    "judgements": [],
-                    "reference": 0,
-                }
-            )
-        )
-    out.write_text("\n".join(lines) + "\n")
-    return out
 
 
 def train(tmp_path: Path, prefs: Path, **overrides) -> tuple[Path, dict]:
@@ -271,7 +242,7 @@ def test_a_checkpoint_cut_short_is_skipped(tmp_path):
         folder.mkdir()
         if complete:
             (folder / "trainer_state.json").write_text("{}")
-    assert train_rm._last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
     assert not (tmp_path / "checkpoint-6").exists()
 
 

@@ -1,0 +1,228 @@
+"""`rlaif sft` and `rlaif dpo` on the real embedded model and TRL's trainers."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import DATA, labelled_copy, rlaif_cmd
+
+from rlaif import dpo, sft
+from rlaif.errors import UserError
+
+HH = DATA / "hh-harmless-64.jsonl"
+PROMPTS = DATA / "prompts.jsonl"
+SMALL = dict(max_steps=3, batch_size=2, max_length=256, save_steps=100)
+
+
+def chats(tmp_path: Path, n: int = 8) -> Path:
+    """Conversations ending with an answer (HH prompts + their chosen answer), as SFT data."""
+    from rlaif.files import read_jsonl
+    from rlaif.pairs import parse_pair_records
+
+    rows, _ = read_jsonl(str(HH))
+    out = tmp_path / "chats.jsonl"
+    lines = [
+        json.dumps({"messages": [*r.prompt, {"role": "assistant", "content": r.responses[0]}]})
+        for r in parse_pair_records(str(HH), rows)[:n]
+    ]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def changed_parameters(folder: Path, start: str) -> list[str]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    trained = dict(AutoModelForCausalLM.from_pretrained(folder).named_parameters())
+    base = AutoModelForCausalLM.from_pretrained(start).named_parameters()
+    return [name for name, p in base if not torch.equal(p, trained[name])]
+
+
+def generates(folder: Path) -> str:
+    """The folder reloads with plain transformers and answers a chat prompt."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Say hello."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def logged(folder: Path, key: str) -> list[float]:
+    history = json.loads((folder / "metrics.json").read_text())["log_history"]
+    return [e[key] for e in history if key in e]
+
+
+def test_sft_trains_on_conversations_and_the_folder_reloads(
+    tmp_path, home_with_model, embedded_model
+):
+    cfg = sft.SFTConfig(
+        data=str(chats(tmp_path)), output_dir=str(tmp_path / "sft"), learning_rate=1e-4, **SMALL
+    )
+    manifest = sft.run(cfg)
+    out = Path(cfg.output_dir)
+    losses = logged(out, "loss")
+    assert len(losses) == 3 and len(set(losses)) > 1  # the loss moves
+    assert all(math.isfinite(x) for x in losses)
+    assert any("layers" in n for n in changed_parameters(out, embedded_model))
+    assert generates(out).strip()
+    assert manifest["stage"] == "sft" and manifest["counts"]["conversations"] == 8
+    assert manifest["counts"]["truncated"] >= 0 and manifest["counts"]["steps"] == 3
+    assert (out / "curves.png").stat().st_size > 1000 and (out / "manifest.json").exists()
+    assert not Path(str(out) + ".partial").exists()
+
+
+def test_sft_completion_only_loss_ignores_the_prompt(tmp_path, home_with_model):
+    """The same data with and without completion-only loss gives different first losses:
+    the flag reaches TRL (the prompt tokens are, or are not, in the loss)."""
+    data = str(chats(tmp_path, n=2))
+    common = dict(data=data, max_steps=1, batch_size=2, max_length=256, learning_rate=1e-6)
+    on = sft.run(sft.SFTConfig(output_dir=str(tmp_path / "on"), **common))
+    off = sft.run(
+        sft.SFTConfig(output_dir=str(tmp_path / "off"), completion_only_loss=False, **common)
+    )
+    assert on["metrics"]["train_loss"] != pytest.approx(off["metrics"]["train_loss"], rel=1e-3)
+
+
+def test_sft_counts_truncated_conversations(tmp_path, home_with_model):
+    manifest = sft.run(
+        sft.SFTConfig(
+            data=str(chats(tmp_path, n=4)),
+            output_dir=str(tmp_path / "sft"),
+            max_steps=1,
+            batch_size=4,
+            max_length=32,  # every HH conversation here is longer
+        )
+    )
+    assert manifest["counts"]["truncated"] == 4
+
+
+def test_sft_rejects_rows_without_an_answer(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+        + "\n"
+        + json.dumps({"prompt": "no messages"})
+        + "\n"
+    )
+    with pytest.raises(UserError, match=r"bad.jsonl:1: 'messages' must end with the assistant"):
+        sft.run(sft.SFTConfig(data=str(bad), output_dir=str(tmp_path / "out")))
+
+
+def test_dpo_trains_on_pairs_and_the_folder_reloads(tmp_path, home_with_model, embedded_model):
+    cfg = dpo.DPOConfig(
+        prefs=str(HH), output_dir=str(tmp_path / "dpo"), learning_rate=1e-5, **SMALL
+    )
+    manifest = dpo.run(cfg)
+    out = Path(cfg.output_dir)
+    losses = logged(out, "loss")
+    assert len(losses) == 3 and len(set(losses)) > 1
+    # Step 1: policy = reference, so the sigmoid loss is exactly log 2.
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert logged(out, "rewards/margins")
+    assert any("layers" in n for n in changed_parameters(out, embedded_model))
+    assert generates(out).strip()
+    assert manifest["stage"] == "dpo" and manifest["counts"]["pairs"] == 64
+    assert manifest["settings"]["loss_type"] == "sigmoid"
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_dpo_soft_labels_give_each_pair_its_own_target(tmp_path, home_with_model):
+    """At step 1 (policy = reference, Δ = 0) exo_pair's loss is the mean over pairs of
+    0.5·(log 0.5 − log p) + 0.5·(log 0.5 − log(1 − p)): the per-pair judge probabilities."""
+    probabilities = [0.95, 0.55, 0.8, 0.52]
+    prefs = labelled_copy(tmp_path, n=4)
+    cfg = dpo.DPOConfig(
+        prefs=str(prefs),
+        output_dir=str(tmp_path / "dpo"),
+        label_mode="soft",
+        max_steps=1,
+        batch_size=4,
+        max_length=256,
+    )
+    manifest = dpo.run(cfg)
+    assert manifest["settings"]["loss_type"] == "exo_pair"
+    expected = sum(
+        0.5 * (math.log(0.5) - math.log(p)) + 0.5 * (math.log(0.5) - math.log(1 - p))
+        for p in probabilities
+    ) / len(probabilities)
+    shared_epsilon = 0.5 * (math.log(0.5) - math.log(1 - 1e-3)) + 0.5 * (
+        math.log(0.5) - math.log(1e-3)
+    )
+    first = logged(Path(cfg.output_dir), "loss")[0]
+    assert first == pytest.approx(expected, abs=1e-3)
+    assert abs(first - shared_epsilon) > 0.5
+
+
+def test_dpo_filter_mode_and_lora(tmp_path, home_with_model):
+    prefs = labelled_copy(tmp_path, n=8)
+    manifest = dpo.run(
+        dpo.DPOConfig(
+            prefs=str(prefs),
+            output_dir=str(tmp_path / "dpo"),
+            label_mode="filter",
+            min_confidence=0.1,
+            lora=True,
+            lora_r=4,
+            loss_type="ipo",
+            max_steps=1,
+            batch_size=2,
+            max_length=256,
+        )
+    )
+    assert manifest["counts"]["dropped_low_confidence"] == 4
+    assert manifest["counts"]["train"] == 4
+    assert not (tmp_path / "dpo" / "adapter_config.json").exists()
+    assert generates(tmp_path / "dpo") is not None
+
+
+def test_dpo_settings_are_checked():
+    with pytest.raises(UserError, match="exo_pair"):
+        dpo.DPOConfig(prefs="-", output_dir="x", label_mode="soft", loss_type="sigmoid")
+    with pytest.raises(UserError, match="--loss-type"):
+        dpo.DPOConfig(prefs="-", output_dir="x", loss_type="best")
+    with pytest.raises(UserError, match="--beta"):
+        dpo.DPOConfig(prefs="-", output_dir="x", beta=0)
+
+
+@pytest.mark.slow
+def test_generate_then_sft_and_label_then_dpo_through_the_cli(tmp_path, home_with_model):
+    """The file contract end to end: generate → sft, and generate → label → dpo."""
+    revisions, prefs = tmp_path / "revisions.jsonl", tmp_path / "prefs.jsonl"
+
+    def rlaif(*args):
+        done = subprocess.run(rlaif_cmd(*args), capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    engine = ["--engine", "hf"]
+    rlaif(
+        "generate", str(PROMPTS), "-o", str(revisions), "--rounds", "1",
+        "--max-new-tokens", "32", *engine,
+    )  # fmt: skip
+    rlaif(
+        "sft", str(revisions), "-o", str(tmp_path / "sft"), "--max-steps", "2",
+        "--batch-size", "2", "--max-length", "256",
+    )  # fmt: skip
+    rlaif("label", str(revisions), "-o", str(prefs), *engine)
+    done = rlaif(
+        "dpo", str(prefs), "-o", str(tmp_path / "dpo"), "--max-steps", "2",
+        "--batch-size", "2", "--max-length", "256",
+    )  # fmt: skip
+    assert "wrote the DPO model" in done.stderr
+    for stage in ("sft", "dpo"):
+        manifest = json.loads((tmp_path / stage / "manifest.json").read_text())
+        assert manifest["counts"]["steps"] == 2
+        assert generates(tmp_path / stage) is not None
+    sft_manifest = json.loads((tmp_path / "sft" / "manifest.json").read_text())
+    assert sft_manifest["inputs"]["data"]["path"] == str(revisions)
