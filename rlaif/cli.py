@@ -667,6 +667,131 @@ def dpo(
     _training_stage(ctx, make_config, run, "DPO model")
 
 
+@app.command()
+def rl(
+    ctx: typer.Context,
+    prompts: Annotated[str, typer.Argument(help="JSONL of prompts, as for generate.")],
+    output_dir: TrainOutputOpt = None,
+    algo: Annotated[str, typer.Option(help="grpo, rloo or online-dpo (TRL's trainers).")] = "grpo",
+    reward: Annotated[
+        str | None,
+        typer.Option(
+            help="judge: the judge rates each completion (direct RLAIF); model: --reward-model;"
+            " or module:function, a Python reward (default: model if --reward-model, else judge)."
+        ),
+    ] = None,
+    reward_model: Annotated[
+        str | None, typer.Option(help="Reward model folder from `rlaif train-rm`.")
+    ] = None,
+    judge_model: Annotated[
+        str, typer.Option(help="--reward judge: the judge (HF folder, hub id, .gguf, alias).")
+    ] = EMBEDDED,
+    constitution: ConstitutionOpt = "harmless",
+    judge_engine: Annotated[
+        str, typer.Option(help="--reward judge: engine for the judge (hf shares the process).")
+    ] = "hf",
+    model: Annotated[
+        str,
+        typer.Option(
+            "-m", "--policy-model", "--model", help="Starting policy: HF folder, hub id, alias."
+        ),
+    ] = EMBEDDED,
+    ref_model: Annotated[
+        str | None, typer.Option(help="Reference model for the KL term (default: the policy).")
+    ] = None,
+    kl_coef: Annotated[
+        float, typer.Option(help="KL coefficient (TRL's beta); 0: no leash.")
+    ] = 0.05,
+    num_generations: Annotated[
+        int, typer.Option(help="grpo/rloo: completions per prompt (the group).")
+    ] = 4,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest completion.")] = 64,
+    temperature: Annotated[float, typer.Option(help="Rollout sampling temperature.")] = 1.0,
+    use_vllm: Annotated[
+        bool, typer.Option("--use-vllm", help="Rollouts on vLLM (TRL colocate mode; GPU).")
+    ] = False,
+    lora: LoraOpt = False,
+    lora_r: LoraROpt = 16,
+    lora_alpha: LoraAlphaOpt = 32,
+    epochs: EpochsOpt = 1.0,
+    max_steps: MaxStepsOpt = -1,
+    learning_rate: LearningRateOpt = 1e-6,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="grpo/rloo: completions per device per step (a multiple of the group);"
+            " online-dpo: prompts per step."
+        ),
+    ] = 8,
+    gradient_accumulation_steps: GradAccumOpt = 1,
+    max_length: Annotated[int, typer.Option(help="online-dpo: longest prompt + answer.")] = 1024,
+    save_steps: SaveStepsOpt = 50,
+    gradient_checkpointing: GradCheckpointOpt = False,
+    num_processes: NumProcessesOpt = 1,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    config: ConfigOpt = None,
+):
+    """Optimise a policy on-line (GRPO, RLOO or online DPO) against a reward model or the judge.
+
+    Writes a normal Hugging Face folder (AutoModelForCausalLM; LoRA merged) with log.jsonl
+    (per step: reward, KL, completion length, entropy, ...), metrics.json, curves.png and
+    manifest.json; resumes from DIR.partial after a crash.
+
+    Examples:
+
+      rlaif rl prompts.jsonl -o policy --reward-model rm --algo grpo --max-steps 200
+
+      rlaif rl prompts.jsonl -o policy --reward judge -c harmless --algo rloo --lora
+
+      rlaif rl prompts.jsonl -o policy --reward mypkg.rewards:brevity --kl-coef 0
+    """
+
+    def make_config(v, common):
+        from rlaif.rl import RLConfig
+
+        judge = _engine_settings(
+            {
+                "engine": v["judge_engine"],
+                "tensor_parallel_size": 1,
+                "gpu_memory_utilization": 0.3,
+                "max_model_len": 4096,
+                "batch_size": 16,
+                "trust_remote_code": v["trust_remote_code"],
+                "dtype": "auto",
+            }
+        )
+        return RLConfig(
+            prompts=v["prompts"],
+            judge_engine=judge,
+            **common,
+            **{
+                k: v[k]
+                for k in (
+                    "algo",
+                    "reward",
+                    "reward_model",
+                    "judge_model",
+                    "constitution",
+                    "ref_model",
+                    "kl_coef",
+                    "num_generations",
+                    "max_new_tokens",
+                    "temperature",
+                    "use_vllm",
+                )
+            },
+        )
+
+    def run(cfg):
+        from rlaif import rl as rl_stage
+
+        return rl_stage.run(cfg)
+
+    _training_stage(ctx, make_config, run, "policy")
+
+
 def _relaunch_under_accelerate(n: int) -> None:
     """Run this same command as `n` data-parallel processes, then exit with their status."""
     import subprocess

@@ -209,3 +209,18 @@ def _changed_keys(old: dict | None, new: dict) -> list[str]:
         return []
     keys = sorted(set(old) | set(new))
     return [k for k in keys if old.get(k) != new.get(k)]
+
+
+def folder_digest(path: str | Path) -> str:
+    """A cheap identity for a model folder: names, sizes and modification times of its files.
+
+    Hashing gigabytes of weights on every run would cost more than the check is worth; a
+    retrained model rewrites its files, which changes their times.
+    """
+    root = Path(path)
+    entries = sorted(
+        f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+        for p in root.rglob("*")
+        if p.is_file()
+    )
+    return sha256_bytes("\n".join(entries).encode())

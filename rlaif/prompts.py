@@ -108,3 +108,26 @@ def preference_chat(
         instruction=COT_INSTRUCTION if cot else ANSWER_INSTRUCTION,
     )
     return [{"role": "user", "content": content}]
+
+
+RATING_TEMPLATE = """\
+Consider the following conversation between a human and an AI assistant:
+
+{conversation}
+
+The assistant's last response is judged by this question:
+{question}
+
+Rate the assistant's last response on a scale from 1 (very poor by this standard) to 9 \
+(excellent by this standard). Answer with a single digit."""
+
+# The judge's reply is scored right after this opening, so its next token is the rating digit.
+RATING_ANSWER_PREFIX = "Rating: "
+RATING_OPTIONS = tuple("123456789")
+
+
+def rating_chat(prompt: Chat, response: str, question: str) -> Chat:
+    """Direct RLAIF: the judge rates one response against one principle's question."""
+    conversation = conversation_text([*prompt, {"role": "assistant", "content": response}])
+    content = RATING_TEMPLATE.format(conversation=conversation, question=question)
+    return [{"role": "user", "content": content}]

@@ -67,7 +67,7 @@ def run(cfg: SFTConfig) -> dict:
     from trl import SFTTrainer
 
     model, tokenizer = load_causal_lm(resolved.path, cfg.trust_remote_code)
-    # SFTTrainer truncates the end of long conversations (the answer); count them, don't hide it.
+    # SFTTrainer cuts the end of long conversations (the answer); count them, don't hide it.
     truncated = sum(n > cfg.max_length for n in conversation_lengths(rows, tokenizer))
     run_dir = CheckpointRun.open(
         cfg.output_dir,
@@ -89,6 +89,11 @@ def run(cfg: SFTConfig) -> dict:
         processing_class=tokenizer,
         peft_config=lora_config(cfg, "CAUSAL_LM"),
     )
+    if len(trainer.train_dataset) == 0:
+        raise UserError(
+            f"{cfg.data}: every conversation's prompt fills --max-length {cfg.max_length},"
+            " leaving no answer tokens to train on; raise --max-length"
+        )
     return train_and_publish(
         trainer,
         run_dir,
@@ -97,7 +102,12 @@ def run(cfg: SFTConfig) -> dict:
         tokenizer=tokenizer,
         inputs={"data": {"path": cfg.data, "sha256": input_sha}},
         models={"base": resolved},
-        counts={"conversations": len(rows), "truncated": truncated},
+        counts={
+            "conversations": len(rows),
+            "truncated": truncated,
+            # TRL drops conversations whose answer is cut off entirely (prompt >= max_length).
+            "dropped_too_long": len(rows) - len(trainer.train_dataset),
+        },
         curve_keys=["loss", "mean_token_accuracy"],
         title="supervised fine-tuning on revisions",
         started=started,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rlaif.errors import UserError
-from rlaif.files import write_json
+from rlaif.files import write_json, write_jsonl
 from rlaif.manifest import build_manifest
 from rlaif.models import EMBEDDED_ALIAS, ResolvedModel
 
@@ -190,7 +190,7 @@ def train_and_publish(
     constitution=None,
     evaluate: bool = False,
 ) -> dict:
-    """Train (resuming if possible), then write the model folder with metrics.json,
+    """Train (resuming if possible), then write the model folder with metrics.json, log.jsonl,
     curves.png and manifest.json, and move it into place. Returns the manifest ({} on ranks
     other than the main one, which only take part in training)."""
     result = trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
@@ -216,6 +216,8 @@ def train_and_publish(
         "log_history": trainer.state.log_history,
     }
     write_json(staging / "metrics.json", metrics)
+    # One JSON line per logged step (loss, reward, KL, ... as the trainer reports them).
+    write_jsonl(str(staging / "log.jsonl"), trainer.state.log_history)
     from rlaif.plots import plot_curves
 
     plot_curves(trainer.state.log_history, curve_keys, staging / "curves.png", title)

@@ -94,17 +94,26 @@ def test_sft_completion_only_loss_ignores_the_prompt(tmp_path, home_with_model):
     assert on["metrics"]["train_loss"] != pytest.approx(off["metrics"]["train_loss"], rel=1e-3)
 
 
-def test_sft_counts_truncated_conversations(tmp_path, home_with_model):
+def test_sft_counts_truncated_and_dropped_conversations(tmp_path, home_with_model):
+    data = tmp_path / "long.jsonl"
+    story = {"role": "assistant", "content": "Once upon a time " * 40}
+    rows = [
+        {"messages": [{"role": "user", "content": f"Story {i}, please."}, story]} for i in (1, 2)
+    ]
+    rows.append(
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi!"}]}
+    )
+    rows.append({"messages": [{"role": "user", "content": "Long prompt " * 40}, story]})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     manifest = sft.run(
         sft.SFTConfig(
-            data=str(chats(tmp_path, n=4)),
-            output_dir=str(tmp_path / "sft"),
-            max_steps=1,
-            batch_size=4,
-            max_length=32,  # every HH conversation here is longer
+            data=str(data), output_dir=str(tmp_path / "sft"), max_steps=1, batch_size=2,
+            max_length=48,
         )
-    )
-    assert manifest["counts"]["truncated"] == 4
+    )  # fmt: skip
+    # Two stories are cut short, the long prompt leaves no answer at all (dropped by TRL).
+    assert manifest["counts"]["truncated"] == 3
+    assert manifest["counts"]["dropped_too_long"] == 1
 
 
 def test_sft_rejects_rows_without_an_answer(tmp_path):

@@ -1,0 +1,157 @@
+"""`rlaif rl`: TRL's on-line trainers with a reward model, the judge, or a Python reward."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+import toy_rewards
+from conftest import DATA, labelled_copy, rlaif_cmd
+from test_sft_dpo import changed_parameters, generates
+
+from rlaif import rewards, rl
+from rlaif.errors import UserError
+
+SHORT_PROMPTS = DATA / "short-prompts.jsonl"
+TESTS = Path(__file__).parent
+
+
+def rl_run(tmp_path: Path, name: str = "policy", **settings) -> tuple[Path, dict]:
+    cfg = rl.RLConfig(
+        prompts=str(SHORT_PROMPTS),
+        output_dir=str(tmp_path / name),
+        max_new_tokens=toy_rewards.MAX_NEW_TOKENS,
+        save_steps=1000,
+        **settings,
+    )
+    return Path(cfg.output_dir), rl.run(cfg)
+
+
+def log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def test_expected_rating_is_the_mean_digit_rescaled():
+    certain_nine = [-50.0] * 8 + [0.0]
+    assert rewards.expected_rating(certain_nine) == pytest.approx(1.0)
+    assert rewards.expected_rating([0.0] * 9) == pytest.approx(0.5)  # uniform: rating 5
+    half_one_half_nine = [math.log(0.5)] + [-math.inf] * 7 + [math.log(0.5)]
+    assert rewards.expected_rating(half_one_half_nine) == pytest.approx(0.5)
+
+
+def test_settings_are_checked():
+    with pytest.raises(UserError, match="--algo"):
+        rl.RLConfig(prompts="-", output_dir="x", algo="ppo")
+    with pytest.raises(UserError, match="multiple of --num-generations"):
+        rl.RLConfig(prompts="-", output_dir="x", batch_size=6, num_generations=4)
+    with pytest.raises(UserError, match="choose one reward"):
+        rl.RLConfig(prompts="-", output_dir="x", reward="judge", reward_model="rm")
+    with pytest.raises(UserError, match="needs --reward-model"):
+        rl.RLConfig(prompts="-", output_dir="x", reward="model")
+    assert rl.RLConfig(prompts="-", output_dir="x", reward_model="rm").reward == "model"
+    with pytest.raises(UserError, match="cannot import"):
+        rewards.import_reward("no_such_module:f")
+
+
+@pytest.mark.slow
+def test_grpo_moves_the_policy_towards_the_reward(tmp_path, home_with_model, embedded_model):
+    """Brevity is a reward this policy can learn in tens of CPU steps: most of its answers run
+    to the length limit (reward ~0.2 at first). The test compares the mean reward of the first
+    and last four steps (32 completions each) and asks for a gap of more than three standard
+    errors (Welch), so a run that did not learn fails it."""
+    out, manifest = rl_run(
+        tmp_path,
+        algo="grpo",
+        reward="toy_rewards:brevity",
+        kl_coef=0.0,
+        learning_rate=5e-5,
+        max_steps=12,
+        batch_size=8,
+        num_generations=4,
+    )
+    steps = [e for e in log(out) if "reward" in e]
+    assert len(steps) == 12
+    first = [e["reward"] for e in steps[:4]]
+    last = [e["reward"] for e in steps[-4:]]
+    se = math.sqrt((statistics.variance(first) + statistics.variance(last)) / 4) + 1e-9
+    assert statistics.fmean(last) - statistics.fmean(first) > 3 * se, (first, last)
+    assert steps[-1]["completions/mean_length"] < steps[0]["completions/mean_length"]
+    assert changed_parameters(out, embedded_model)
+    assert manifest["inputs"]["reward"] == {"kind": "python", "function": "toy_rewards:brevity"}
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_rloo_against_a_reward_model_runs_and_reloads(tmp_path, home_with_model):
+    from rlaif import train_rm
+
+    rm = tmp_path / "rm"
+    train_rm.run(
+        train_rm.TrainRMConfig(
+            prefs=str(labelled_copy(tmp_path, n=4)),
+            output_dir=str(rm),
+            max_steps=1,
+            batch_size=2,
+            max_length=384,
+            eval_fraction=0,
+        )
+    )
+    out, manifest = rl_run(
+        tmp_path, algo="rloo", reward_model=str(rm), max_steps=2, batch_size=4, num_generations=2
+    )
+    assert manifest["counts"]["steps"] == 2 and manifest["inputs"]["reward"]["kind"] == "model"
+    assert all("kl" in e for e in log(out) if "reward" in e)
+    assert generates(out) is not None
+
+
+def test_online_dpo_runs_and_reloads(tmp_path, home_with_model):
+    out, manifest = rl_run(
+        tmp_path, algo="online-dpo", reward="toy_rewards:brevity", max_steps=2, batch_size=2
+    )
+    assert manifest["counts"]["steps"] == 2
+    assert any("objective/scores" in e for e in log(out))
+    assert generates(out) is not None
+
+
+@pytest.mark.slow
+def test_grpo_with_the_judge_as_reward_through_the_cli(tmp_path, home_with_model):
+    """Direct RLAIF: the embedded judge rates every completion; rewards are in [0, 1]."""
+    out = tmp_path / "policy"
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    done = subprocess.run(
+        rlaif_cmd(
+            "rl",
+            str(SHORT_PROMPTS),
+            "-o",
+            str(out),
+            "--reward",
+            "judge",
+            "--algo",
+            "grpo",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--num-generations",
+            "2",
+            "--max-new-tokens",
+            "16",
+            "--save-steps",
+            "1",
+        ),  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "wrote the policy" in done.stderr
+    rewards_logged = [e["reward"] for e in log(out) if "reward" in e]
+    assert len(rewards_logged) == 2 and all(0 <= r <= 1 for r in rewards_logged)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["constitution"]["name"] == "harmless"
+    assert generates(out) is not None
