@@ -26,7 +26,8 @@ def plot_curves(log_history: list[dict], keys: list[str], path: str | Path, titl
                 ax.plot(steps, values, style, label=(prefix or "train_").rstrip("_"))
         ax.set_title(key)
         ax.set_xlabel("step")
-        ax.legend()
+        if ax.lines:  # a metric this trainer did not log leaves an empty panel, no legend
+            ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
