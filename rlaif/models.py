@@ -40,7 +40,7 @@ def rlaif_home() -> Path:
 class ResolvedModel:
     spec: str  # what the user passed
     path: str  # a local folder, or a hub id to hand to from_pretrained
-    kind: str  # "embedded" | "gguf" | "folder" | "hub"
+    kind: str  # "embedded" | "gguf" | "folder" | "hub" | "served"
     source_sha256: str | None = None  # of the GGUF file a cached folder was converted from
 
     def describe(self) -> dict:
@@ -71,6 +71,14 @@ def resolve_model(spec: str) -> ResolvedModel:
             f" {EMBEDDED_ALIAS}"
         )
     return ResolvedModel(spec, spec, "hub")
+
+
+def resolve_model_for(spec: str, engine_name: str) -> ResolvedModel:
+    """`resolve_model`, except that with `--engine openai` the model lives on the server: the
+    spec is only a name to send, so nothing is converted or checked here."""
+    if engine_name == "openai":
+        return ResolvedModel(spec, spec, "served")
+    return resolve_model(spec)
 
 
 def embedded_gguf_path() -> Path:

