@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -22,8 +23,9 @@ from rlaif.engines import EngineSettings, Sampling, make_engine, resolve_engine_
 from rlaif.errors import UserError
 from rlaif.files import read_jsonl
 from rlaif.manifest import build_manifest
-from rlaif.models import EMBEDDED_ALIAS, resolve_model
+from rlaif.models import EMBEDDED_ALIAS, resolve_model_for
 from rlaif.records import PromptRecord, parse_prompt_records
+from rlaif.shard import Shard, manifest_fields, select
 from rlaif.stage import publish, run_in_chunks, settings_fingerprint
 
 
@@ -42,6 +44,7 @@ class GenerateConfig:
     chunk_size: int = 256  # the engine sees every prompt of a chunk at once; resume granularity
     force: bool = False
     engine: EngineSettings = field(default_factory=EngineSettings)
+    shard: Shard | None = None  # this machine's share of the prompts (--shard I/N)
 
     def __post_init__(self):
         if self.rounds < 1:
@@ -160,15 +163,31 @@ def _output_row(record, initial: str, final: str, steps, policy_id, judge_id) ->
     }
 
 
+def _check_distinct_served_models(engines: dict) -> None:
+    """Two model names that one server answers with its single model would make the policy
+    judge itself without anyone asking for it."""
+    served = [getattr(e, "model_id", None) for e in engines.values()]
+    if len(served) == 2 and served[0] is not None and served[0] == served[1]:
+        raise UserError(
+            f"--policy-model and --judge-model both reach the server's one model {served[0]!r};"
+            " serve both models (or drop --judge-model to let the policy judge itself)"
+        )
+
+
 def run(cfg: GenerateConfig) -> dict:
     """Run the stage; returns its manifest. Input problems raise UserError before any work."""
     started = time.time()
     rows, input_sha = read_jsonl(cfg.prompts)
-    records = parse_prompt_records(cfg.prompts, rows)
+    parsed = parse_prompt_records(cfg.prompts, rows)
+    records = select(parsed, cfg.shard)
+    if cfg.shard:
+        print(f"shard {cfg.shard}: {len(records)} of {len(parsed)} prompts", file=sys.stderr)
     constitution = load_constitution(resolve_constitution_path(cfg.constitution))
     engine_name = resolve_engine_name(cfg.engine.engine)
-    policy_model = resolve_model(cfg.policy_model)
-    judge_model = resolve_model(cfg.judge_model) if cfg.judge_model else policy_model
+    policy_model = resolve_model_for(cfg.policy_model, engine_name)
+    judge_model = (
+        resolve_model_for(cfg.judge_model, engine_name) if cfg.judge_model else policy_model
+    )
     settings = replace(cfg.engine, engine=engine_name)
     fingerprint = settings_fingerprint(
         cfg,
@@ -187,6 +206,7 @@ def run(cfg: GenerateConfig) -> dict:
         if model.path not in engines:
             share = 1.0 if policy_model.path == judge_model.path else 0.5
             engines[model.path] = make_engine(model.path, settings, cfg.seed, share)
+            _check_distinct_served_models(engines)
         return engines[model.path]
 
     def process(chunk, advance):
@@ -229,6 +249,7 @@ def run(cfg: GenerateConfig) -> dict:
         },
         tokens=tokens.counts,
         started=started,
+        extra=manifest_fields(cfg.shard, records),
     )
     publish(cfg.output, result.rows, manifest)
     for engine in engines.values():

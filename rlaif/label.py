@@ -29,8 +29,9 @@ from rlaif.errors import UserError
 from rlaif.files import read_jsonl
 from rlaif.generate import derived_seed
 from rlaif.manifest import build_manifest
-from rlaif.models import EMBEDDED_ALIAS, resolve_model
+from rlaif.models import EMBEDDED_ALIAS, resolve_model_for
 from rlaif.pairs import PairRecord, parse_pair_records
+from rlaif.shard import Shard, manifest_fields, select
 from rlaif.stage import publish, run_in_chunks, settings_fingerprint
 
 METHODS = ("probabilities", "generate")
@@ -52,6 +53,7 @@ class LabelConfig:
     chunk_size: int = 256
     force: bool = False
     engine: EngineSettings = field(default_factory=EngineSettings)
+    shard: Shard | None = None  # this machine's share of the pairs (--shard I/N)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -232,15 +234,20 @@ def run(cfg: LabelConfig) -> dict:
     started = time.time()
     rows, input_sha = read_jsonl(cfg.pairs)
     parsed = parse_pair_records(cfg.pairs, rows)
-    records = [r for r in parsed if not r.identical]
-    skipped = len(parsed) - len(records)
+    # Checked on the whole input, so that every shard of it fails or none does; a shard that
+    # happens to own no pair to judge writes an empty output, and merges like any other.
+    if all(r.identical for r in parsed):
+        raise UserError(f"{cfg.pairs}: every pair has two identical responses; nothing to judge")
+    mine = select(parsed, cfg.shard)
+    if cfg.shard:
+        print(f"shard {cfg.shard}: {len(mine)} of {len(parsed)} pairs", file=sys.stderr)
+    records = [r for r in mine if not r.identical]
+    skipped = len(mine) - len(records)  # per shard, so the shards' counts add up
     if skipped:
         print(f"skipping {skipped} pairs whose two responses are identical", file=sys.stderr)
-    if not records:
-        raise UserError(f"{cfg.pairs}: every pair has two identical responses; nothing to judge")
     constitution = load_constitution(resolve_constitution_path(cfg.constitution))
     engine_name = resolve_engine_name(cfg.engine.engine)
-    judge_model = resolve_model(cfg.judge_model)
+    judge_model = resolve_model_for(cfg.judge_model, engine_name)
     settings = replace(cfg.engine, engine=engine_name)
     fingerprint = settings_fingerprint(
         cfg,
@@ -285,7 +292,7 @@ def run(cfg: LabelConfig) -> dict:
         },
         tokens=counter.tokens,
         started=started,
-        extra={"diagnostics": diagnostics},
+        extra={"diagnostics": diagnostics, **manifest_fields(cfg.shard, records)},
     )
     publish(cfg.output, result.rows, manifest)
     print(format_diagnostics(diagnostics), file=sys.stderr)
