@@ -8,8 +8,8 @@ is judged against sampled principles in both orders. A prompt counts as
   baseline's, and a **tie** when the orders disagree (the verdict does not survive swapping the
   positions, so it says more about the judge than the answers) or the answers are identical.
 
-The win rate counts ties as half: (W + T/2) / N, with a 95% interval from the per-prompt scores
-(normal approximation). The judge's mean probability that the policy is better is reported
+The win rate counts ties as half: (W + T/2) / N, with a Wilson 95% interval on W + T/2
+successes out of N. The judge's mean probability that the policy is better is reported
 too. With `--rm`, each side's mean reward from a reward model is added.
 """
 
@@ -96,15 +96,18 @@ def winrate_report(rows: list[dict], rewards: dict | None = None) -> dict:
     if n == 0:
         raise UserError("no prompts to compare")
     counts = {o: sum(r["outcome"] == o for r in rows) for o in OUTCOMES}
-    scores = [{"win": 1.0, "tie": 0.5, "loss": 0.0}[r["outcome"]] for r in rows]
-    rate, low, high = mean_interval(scores)
+    rate = (counts["win"] + counts["tie"] / 2) / n
+    # Wilson's interval on W + T/2 "successes" of N: conservative (a tie varies less than a
+    # coin flip) and, unlike mean ± 1.96·sd/√N, it does not shrink to a point when every
+    # verdict is the same, e.g. all ties from a judge that cannot tell the answers apart.
+    low, high = wilson_interval(counts["win"] + counts["tie"] / 2, n)
     decisive = counts["win"] + counts["loss"]
     p_mean, p_low, p_high = mean_interval([r["p"] for r in rows])
     report = {
         "prompts": n,
         **counts,
         "win_rate": rate,
-        "win_rate_ci95": [max(0.0, low), min(1.0, high)],
+        "win_rate_ci95": [low, high],
         "decisive": decisive,
         "win_share_of_decisive": counts["win"] / decisive if decisive else None,
         "win_share_of_decisive_ci95": list(wilson_interval(counts["win"], decisive))
@@ -213,6 +216,12 @@ def run(cfg: WinrateConfig) -> dict:
 
         check_reward_model_folder(cfg.reward_model)  # before minutes of generation
     engine_name = resolve_engine_name(cfg.engine.engine)
+    if engine_name == "openai":
+        # One server answers with one model; two models behind one URL cannot be told apart.
+        raise UserError(
+            "eval winrate runs both models here (--engine vllm or hf); --engine openai is for"
+            " generate, sample and label"
+        )
     settings = replace(cfg.engine, engine=engine_name)
     policy, baseline = resolve_model(cfg.policy), resolve_model(cfg.baseline)
     work = _work_dir(cfg, input_sha, policy, baseline)

@@ -41,9 +41,11 @@ def test_outcomes_and_report_on_a_fixed_table():
     report = winrate.winrate_report(rows)
     assert (report["win"], report["tie"], report["loss"]) == (3, 2, 1)
     assert report["win_rate"] == pytest.approx(4 / 6)
-    # Scores 1, .5, 0, .5, 1, 1: sample sd sqrt(0.8333/5), interval ±1.96·sd/√6.
-    half = 1.96 * math.sqrt((0.8333333333 / 5) / 6)
-    assert report["win_rate_ci95"] == pytest.approx([4 / 6 - half, min(1.0, 4 / 6 + half)])
+    # Wilson on 3 + 2/2 = 4 successes of 6: centre (4/6 + z²/12)/(1 + z²/6).
+    z = 1.96
+    centre = (4 / 6 + z * z / 12) / (1 + z * z / 6)
+    half = z * math.sqrt((4 / 6) * (2 / 6) / 6 + z * z / 144) / (1 + z * z / 6)
+    assert report["win_rate_ci95"] == pytest.approx([centre - half, centre + half])
     assert report["decisive"] == 4 and report["win_share_of_decisive"] == 0.75
     assert report["win_share_of_decisive_ci95"] == pytest.approx(list(wilson_interval(3, 4)))
     assert report["mean_p_policy"] == pytest.approx((0.75 + 0.5 + 0.25 + 0.5 + 0.725 + 0.6) / 6)
@@ -62,9 +64,13 @@ def test_rewards_are_reported_per_side():
     assert report["reward"]["difference_mean"] == pytest.approx(1.0)
 
 
-def test_mostly_ties_warn():
-    rows = [{"identical": True, "p": 0.5, "judgements": [], "outcome": "tie"}] * 3
-    assert "WARNING" in winrate.format_report(winrate.winrate_report(rows))
+def test_all_ties_warn_and_keep_a_wide_interval():
+    rows = [{"identical": True, "p": 0.5, "judgements": [], "outcome": "tie"}] * 60
+    report = winrate.winrate_report(rows)
+    assert report["win_rate"] == 0.5
+    low, high = report["win_rate_ci95"]
+    assert low < 0.4 and high > 0.6  # no verdict, no certainty
+    assert "WARNING" in winrate.format_report(report)
 
 
 def perturbed_copy(embedded_model: str, out: Path, scale: float = 0.02) -> Path:
