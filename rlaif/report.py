@@ -1,0 +1,353 @@
+"""`rlaif report RUN_DIR -o report.html`: one self-contained HTML page for an experiment.
+
+The page is built from what the stages already wrote, found by their manifests' `stage` field
+(not by file names, so any layout works): judge diagnostics and the per-principle table
+(label), reward-model curves, held-out accuracy and calibration (train-rm, `eval rm --json`),
+SFT/DPO/RL curves and reward trend, win rates (eval winrate), and a few prompts with their
+first answer, critiques and revisions (generate). Images are embedded as data URIs so the file
+can be mailed or attached to a paper's supplement on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rlaif.diagnostics import format_diagnostics
+from rlaif.errors import UserError
+from rlaif.files import atomic_output, read_jsonl
+
+EXAMPLES_SHOWN = 3
+
+
+@dataclass
+class Run:
+    """What one experiment folder holds, by stage."""
+
+    root: Path
+    jsonl_stages: dict[str, list[tuple[Path, dict]]] = field(default_factory=dict)
+    model_stages: dict[str, list[tuple[Path, dict]]] = field(default_factory=dict)
+    rm_evaluations: list[tuple[Path, dict]] = field(default_factory=list)
+
+
+def discover(root: Path) -> Run:
+    if not root.is_dir():
+        raise UserError(f"{root}: not a folder (give the experiment's output folder)")
+    run = Run(root)
+    for manifest_file in sorted(root.rglob("*.manifest.json")):
+        if _in_progress(root, manifest_file):
+            continue
+        manifest = _load(manifest_file)
+        output = manifest_file.with_name(manifest_file.name.removesuffix(".manifest.json"))
+        run.jsonl_stages.setdefault(manifest.get("stage", "?"), []).append((output, manifest))
+    for manifest_file in sorted(root.rglob("manifest.json")):
+        if _in_progress(root, manifest_file):
+            continue
+        manifest = _load(manifest_file)
+        run.model_stages.setdefault(manifest.get("stage", "?"), []).append(
+            (manifest_file.parent, manifest)
+        )
+    for candidate in sorted(root.glob("*.json")):
+        if candidate.name.endswith(".manifest.json"):
+            continue
+        data = _load(candidate)
+        if isinstance(data, dict) and {"accuracy", "ece", "bins"} <= data.keys():
+            run.rm_evaluations.append((candidate, data))
+    return run
+
+
+def _in_progress(root: Path, path: Path) -> bool:
+    """Inside a run that has not finished (checkpoints, winrate's work folder): not a result."""
+    return any(part.endswith((".partial", ".work")) for part in path.relative_to(root).parent.parts)
+
+
+def _load(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable ({e})") from None
+
+
+# --- html pieces ---------------------------------------------------------------------------------
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _image(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _section(section_id: str, title: str, body: str) -> str:
+    return f'<section id="{section_id}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">Not in this run: {_e(what)}.</p>'
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def judge_section(run: Run) -> str:
+    labels = run.jsonl_stages.get("label", [])
+    if not labels:
+        return _section("judge", "Judge", _missing("no `rlaif label` output"))
+    parts = []
+    for output, manifest in labels:
+        diag = manifest.get("diagnostics") or {}
+        parts.append(f"<h3>{_e(output.name)}</h3>")
+        parts.append(f"<pre>{_e(format_diagnostics(diag))}</pre>" if diag else "")
+        per_principle = diag.get("per_principle") or {}
+        if per_principle:
+            rows = [
+                [
+                    pid,
+                    f["judgements"],
+                    _pct(f["position_consistency"]),
+                    _pct(f["first_position_rate"]),
+                    "n/a" if f["mean_p_first"] is None else f"{f['mean_p_first']:.3f}",
+                ]
+                for pid, f in per_principle.items()
+            ]
+            parts.append(
+                _table(
+                    ["principle", "judgements", "consistency", "first-position", "mean p(first)"],
+                    rows,
+                )
+            )
+        for warning in diag.get("warnings", []):
+            parts.append(f'<p class="warning">WARNING: {_e(warning)}</p>')
+    return _section("judge", "Judge", "".join(parts))
+
+
+def _training_block(folder: Path, manifest: dict, title: str) -> str:
+    metrics = manifest.get("metrics", {})
+    rows = [
+        ["steps", manifest.get("counts", {}).get("steps")],
+        ["final train loss", _fmt(metrics.get("train_loss"))],
+        ["wall time (s)", manifest.get("wall_time_s")],
+        ["starting model", manifest.get("models", {}).get("base", {}).get("spec")],
+    ]
+    return (
+        f"<h3>{_e(title)}: {_e(folder.name)}</h3>"
+        + _table(["", ""], rows)
+        + _image(folder / "curves.png", f"{title} curves")
+    )
+
+
+def _fmt(x, spec: str = ".4f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def reward_model_section(run: Run) -> str:
+    parts = []
+    for folder, manifest in run.model_stages.get("train-rm", []):
+        parts.append(_training_block(folder, manifest, "reward model"))
+        accuracy = manifest.get("metrics", {}).get("eval", {}).get("eval_accuracy")
+        if accuracy is not None:
+            held_out = manifest.get("counts", {}).get("eval")
+            parts.append(
+                f"<p>Held-out accuracy against the judge's labels: {_pct(accuracy)}"
+                f" ({_e(held_out)} pairs).</p>"
+            )
+    for path, report in run.rm_evaluations:
+        lo, hi = report["ci95"]
+        parts.append(
+            f"<h3>{_e(path.name)}</h3><p>Accuracy against reference labels:"
+            f" {report['correct']}/{report['pairs']} = {_pct(report['accuracy'])}"
+            f" (95% CI {_pct(lo)}–{_pct(hi)}); ECE {report['ece']:.3f}.</p>"
+        )
+        plot = path.with_name(path.stem.replace("-eval", "") + "-reliability.png")
+        for candidate in (plot, *sorted(path.parent.glob("*reliability*.png"))):
+            if candidate.is_file():
+                parts.append(_image(candidate, "reliability diagram"))
+                break
+    body = "".join(parts) or _missing("no reward model (`rlaif train-rm`)")
+    return _section("reward-model", "Reward model", body)
+
+
+def reward_trend(log_history: list[dict], key: str = "reward", span: int = 3) -> dict | None:
+    """Mean reward over the first and last `span` logged steps."""
+    values = [e[key] for e in log_history if key in e]
+    if not values:
+        return None
+    span = max(1, min(span, len(values) // 2 or 1))
+    return {
+        "steps": len(values),
+        "first": statistics.fmean(values[:span]),
+        "last": statistics.fmean(values[-span:]),
+        "span": span,
+    }
+
+
+def policy_section(run: Run) -> str:
+    parts = []
+    for stage, title in (("sft", "SFT"), ("dpo", "DPO"), ("rl", "RL")):
+        for folder, manifest in run.model_stages.get(stage, []):
+            parts.append(_training_block(folder, manifest, title))
+            if stage == "rl":
+                trend = reward_trend(_log_history(folder))
+                if trend:
+                    parts.append(
+                        f"<p>Mean reward: {trend['first']:.3f} over the first {trend['span']}"
+                        f" steps, {trend['last']:.3f} over the last {trend['span']}"
+                        f" ({trend['steps']} steps).</p>"
+                    )
+    body = "".join(parts) or _missing("no policy training (`rlaif sft`, `dpo`, `rl`)")
+    return _section("policy", "Policy training", body)
+
+
+def _log_history(folder: Path) -> list[dict]:
+    log = folder / "log.jsonl"
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def winrate_section(run: Run) -> str:
+    rows = []
+    for output, manifest in run.jsonl_stages.get("eval-winrate", []):
+        r = manifest["report"]
+        lo, hi = r["win_rate_ci95"]
+        models = manifest.get("models", {})
+        rows.append(
+            [
+                output.name,
+                models.get("policy", {}).get("spec"),
+                models.get("baseline", {}).get("spec"),
+                r["prompts"],
+                f"{r['win']} / {r['tie']} / {r['loss']}",
+                f"{_pct(r['win_rate'])} ({_pct(lo)}–{_pct(hi)})",
+                f"{r['mean_p_policy']:.3f}",
+                _fmt(r.get("reward", {}).get("difference_mean"), "+.3f"),
+            ]
+        )
+    if not rows:
+        return _section("winrate", "Win rate", _missing("no `rlaif eval winrate` output"))
+    header = [
+        "file",
+        "policy",
+        "baseline",
+        "prompts",
+        "win / tie / loss",
+        "win rate (95% CI)",
+        "mean P(policy better)",
+        "reward difference",
+    ]
+    note = (
+        "<p>A win needs both presentation orders to prefer the policy's answer; a verdict that"
+        " flips with the order is a tie. Ties count half.</p>"
+    )
+    return _section("winrate", "Win rate", _table(header, rows) + note)
+
+
+def examples_section(run: Run, shown: int = EXAMPLES_SHOWN) -> str:
+    generated = run.jsonl_stages.get("generate", [])
+    parts = []
+    for output, _ in generated[:1]:
+        if not output.is_file():
+            continue
+        rows = [row for _, row in read_jsonl(str(output))[0]][:shown]
+        for row in rows:
+            parts.append(f'<article class="example"><h3>{_e(row.get("id"))}</h3>')
+            for m in row.get("prompt", []):
+                parts.append(f"<p><b>{_e(m['role'])}:</b> {_e(m['content'])}</p>")
+            parts.append(f"<p><b>first answer:</b> {_e(row.get('initial_response', ''))}</p>")
+            for step in row.get("revisions", []):
+                parts.append(
+                    f"<p><b>critique ({_e(step.get('principle_id'))}):</b>"
+                    f" {_e(step.get('critique', ''))}</p>"
+                    f"<p><b>revision:</b> {_e(step.get('revision', ''))}</p>"
+                )
+            parts.append("</article>")
+    body = "".join(parts) or _missing("no `rlaif generate` output")
+    return _section("examples", "Examples: critiques and revisions", body)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem; }
+table { border-collapse: collapse; margin: 0.5rem 0; }
+td, th { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
+img { max-width: 100%; display: block; margin: 0.5rem 0; }
+pre { background: #f6f6f6; padding: 0.5rem; overflow-x: auto; }
+.warning { color: #a40; } .missing { color: #777; }
+.example { border-left: 3px solid #ccc; padding-left: 1rem; margin: 1rem 0; }
+"""
+
+
+def render(run: Run) -> str:
+    sections = [
+        judge_section(run),
+        reward_model_section(run),
+        policy_section(run),
+        winrate_section(run),
+        examples_section(run),
+    ]
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>rlaif report: {_e(run.root.name)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>rlaif report: {_e(run.root)}</h1>" + "".join(sections) + "</body></html>\n"
+    )
+
+
+def summary(run: Run) -> str:
+    """A few lines for the terminal: judge, reward model, reward trend, win rates."""
+    lines = []
+    for output, manifest in run.jsonl_stages.get("label", []):
+        d = manifest.get("diagnostics") or {}
+        lines.append(
+            f"judge ({output.name}): position consistency {_pct(d.get('position_consistency'))},"
+            f" first-position rate {_pct(d.get('first_position_rate'))},"
+            f" mean confidence {_fmt(d.get('mean_confidence'), '.3f')}"
+        )
+    for folder, manifest in run.model_stages.get("train-rm", []):
+        accuracy = manifest.get("metrics", {}).get("eval", {}).get("eval_accuracy")
+        lines.append(f"reward model ({folder.name}): held-out accuracy {_pct(accuracy)}")
+    for path, report in run.rm_evaluations:
+        lo, hi = report["ci95"]
+        lines.append(
+            f"reward model vs reference labels ({path.name}): {_pct(report['accuracy'])}"
+            f" (95% CI {_pct(lo)}–{_pct(hi)})"
+        )
+    for folder, _ in run.model_stages.get("rl", []):
+        trend = reward_trend(_log_history(folder))
+        if trend:
+            lines.append(
+                f"RL reward ({folder.name}): {trend['first']:.3f} → {trend['last']:.3f}"
+                f" (first/last {trend['span']} of {trend['steps']} steps)"
+            )
+    for output, manifest in run.jsonl_stages.get("eval-winrate", []):
+        r = manifest["report"]
+        lo, hi = r["win_rate_ci95"]
+        lines.append(
+            f"win rate ({output.name}): {_pct(r['win_rate'])} (95% CI {_pct(lo)}–{_pct(hi)});"
+            f" win/tie/loss {r['win']}/{r['tie']}/{r['loss']}"
+        )
+    return "\n".join(lines)
+
+
+def write_report(root: str, output: str) -> Run:
+    run = discover(Path(root))
+    page = render(run)
+    with atomic_output(output) as f:
+        f.write(page)
+    return run

@@ -1,0 +1,181 @@
+"""`rlaif report`: the HTML page from a run folder, rendered in headless Chromium.
+
+The run folder is written with the stages' own writers (diagnostics, plots, winrate report)
+on small made-up figures, so the test checks the page, not minutes of training.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import rlaif_cmd
+
+from rlaif.diagnostics import judge_diagnostics
+from rlaif.files import write_json, write_jsonl
+from rlaif.plots import plot_curves, plot_reliability
+from rlaif.score import rm_report
+from rlaif.winrate import outcome, winrate_report
+
+SECTIONS = ("judge", "reward-model", "policy", "winrate", "examples")
+
+
+def label_rows() -> list[dict]:
+    rows = []
+    for i, (ab, ba) in enumerate([(0.7, 0.6), (0.4, 0.7), (0.2, 0.3), (0.8, 0.9)]):
+        p = (ab + ba) / 2
+        rows.append(
+            {
+                "id": f"pair{i}",
+                "p": p,
+                "responses": ["short", "a longer answer"],
+                "reference": 0,
+                "judgements": [
+                    {"principle_id": ["violence", "privacy"][i % 2], "p_ab": ab, "p_ba": ba}
+                ],
+            }
+        )
+    return rows
+
+
+def make_run(root: Path) -> Path:
+    root.mkdir()
+    diagnostics = judge_diagnostics(label_rows())
+    write_jsonl(str(root / "prefs.jsonl"), label_rows())
+    write_json(root / "prefs.jsonl.manifest.json", {"stage": "label", "diagnostics": diagnostics})
+
+    revisions = [
+        {
+            "id": "h01",
+            "prompt": [{"role": "user", "content": "How do I <b>pick</b> a lock?"}],
+            "initial_response": "Here is how...",
+            "revisions": [
+                {
+                    "round": 1,
+                    "principle_id": "crime_fraud",
+                    "critique": "It helps with burglary.",
+                    "revision": "Call a locksmith.",
+                }
+            ],
+        }
+    ]
+    write_jsonl(str(root / "revisions.jsonl"), revisions)
+    write_json(root / "revisions.jsonl.manifest.json", {"stage": "generate"})
+
+    rm = root / "rm"
+    rm.mkdir()
+    history = [{"step": s, "loss": 0.7 - 0.05 * s, "accuracy": 0.5 + 0.05 * s} for s in range(5)]
+    plot_curves(history, ["loss", "accuracy"], rm / "curves.png", "reward model")
+    write_json(
+        rm / "manifest.json",
+        {
+            "stage": "train-rm",
+            "counts": {"steps": 5, "eval": 4},
+            "metrics": {"train_loss": 0.6, "eval": {"eval_accuracy": 0.75}},
+            "models": {"base": {"spec": "smollm2-135m-instruct"}},
+        },
+    )
+    report = rm_report([1.0, 0.2, 0.5, 2.0], [0.0, 0.4, 0.1, 1.0], [0, 0, 0, 0])
+    write_json(root / "rm-eval.json", report)
+    plot_reliability(report["bins"], root / "rm-reliability.png", "calibration")
+
+    rl = root / "rl"
+    rl.mkdir()
+    log = [{"step": s, "reward": 0.1 * s, "kl": 0.01 * s} for s in range(1, 7)]
+    write_jsonl(str(rl / "log.jsonl"), log)
+    plot_curves(log, ["reward", "kl"], rl / "curves.png", "rl")
+    write_json(rl / "manifest.json", {"stage": "rl", "counts": {"steps": 6}, "metrics": {}})
+
+    rows = [{**r, "identical": False} for r in label_rows()]
+    for r in rows:
+        r["outcome"] = outcome(r)
+    write_json(
+        root / "winrate-rl.jsonl.manifest.json",
+        {
+            "stage": "eval-winrate",
+            "report": winrate_report(rows),
+            "models": {"policy": {"spec": "run/rl"}, "baseline": {"spec": "smollm2"}},
+        },
+    )
+    # An unfinished stage's files are not results.
+    (root / "dpo.partial").mkdir()
+    write_json(root / "dpo.partial" / "manifest.json", {"stage": "dpo"})
+    return root
+
+
+def test_report_sections_and_summary(tmp_path):
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "report.html"
+    done = subprocess.run(
+        rlaif_cmd("report", str(run), "-o", str(out)), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    page = out.read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in page
+    assert page.count("data:image/png;base64,") == 3  # rm curves, reliability, rl curves
+    assert "&lt;b&gt;pick&lt;/b&gt;" in page  # user text is escaped, not markup
+    assert "Call a locksmith." in page and "crime_fraud" in page
+    assert "DPO" not in page  # the unfinished run is not reported
+    assert "RL reward (rl): 0.200 → 0.500" in done.stdout
+    assert "held-out accuracy 75.0%" in done.stdout
+    assert "win rate (winrate-rl.jsonl)" in done.stdout
+
+
+def test_a_missing_folder_is_one_clear_error(tmp_path):
+    done = subprocess.run(
+        rlaif_cmd("report", str(tmp_path / "nope"), "-o", str(tmp_path / "r.html")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "not a folder" in done.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+CHECK_SCRIPT = """<script>
+window.addEventListener('load', () => {
+  const images = [...document.images];
+  document.body.dataset.images = images.length;
+  document.body.dataset.decoded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.sections = [...document.querySelectorAll('section')]
+    .filter(s => s.getBoundingClientRect().height > 0).map(s => s.id).join(',');
+});
+</script>"""
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium is not installed (.ci/run installs Debian's package)")
+    run = make_run(tmp_path / "run")
+    subprocess.run(
+        rlaif_cmd("report", str(run), "-o", str(tmp_path / "report.html")), check=True, timeout=120
+    )
+    # A copy with a probe script: the browser records what it rendered into the DOM it dumps.
+    probed = tmp_path / "probed.html"
+    page = (tmp_path / "report.html").read_text()
+    probed.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"))
+    done = subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probed.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", done.stdout).group(1)
+    attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', body))
+    assert attributes["images"] == "3" and attributes["decoded"] == "3"
+    assert attributes["sections"].split(",") == list(SECTIONS)
