@@ -47,7 +47,23 @@ ForceOpt = Annotated[
     bool, typer.Option("--force", help="Discard an interrupted run with other settings.")
 ]
 EngineOpt = Annotated[
-    str, typer.Option(help="Inference engine: auto (vLLM if installed), vllm or hf.")
+    str,
+    typer.Option(
+        help="Inference engine: auto (vLLM if installed), vllm, hf, or openai (a server at"
+        " --base-url)."
+    ),
+]
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(help="openai engine: the server's API root, e.g. http://127.0.0.1:8000/v1."),
+]
+ApiKeyEnvOpt = Annotated[
+    str, typer.Option(help="openai engine: environment variable holding the API key.")
+]
+MaxConcurrencyOpt = Annotated[int, typer.Option(help="openai engine: requests in flight.")]
+RequestTimeoutOpt = Annotated[float, typer.Option(help="openai engine: seconds per request.")]
+MaxRetriesOpt = Annotated[
+    int, typer.Option(help="openai engine: retries on 429/5xx/timeouts, with backoff.")
 ]
 TensorParallelOpt = Annotated[int, typer.Option(help="vLLM: GPUs to shard each model over.")]
 GpuMemOpt = Annotated[
@@ -61,6 +77,12 @@ DtypeOpt = Annotated[
 ]
 TrustRemoteCodeOpt = Annotated[
     bool, typer.Option("--trust-remote-code", help="Run model code from the hub (off: safer).")
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Do only shard I of N (e.g. 2/4), chosen by record id; join them with `rlaif merge`."
+    ),
 ]
 
 # Options of the training stages (train-rm, sft, dpo, rl).
@@ -141,6 +163,11 @@ def _engine_settings(v: dict):
         batch_size=v["batch_size"],
         trust_remote_code=v["trust_remote_code"],
         dtype=v["dtype"],
+        base_url=v.get("base_url"),
+        api_key_env=v.get("api_key_env", "OPENAI_API_KEY"),
+        max_concurrency=v.get("max_concurrency", 8),
+        request_timeout=v.get("request_timeout", 120.0),
+        max_retries=v.get("max_retries", 5),
     )
 
 
@@ -189,6 +216,12 @@ def generate(
     batch_size: BatchSizeOpt = 16,
     trust_remote_code: TrustRemoteCodeOpt = False,
     dtype: DtypeOpt = "auto",
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    max_concurrency: MaxConcurrencyOpt = 8,
+    request_timeout: RequestTimeoutOpt = 120.0,
+    max_retries: MaxRetriesOpt = 5,
+    shard: ShardOpt = None,
     config: ConfigOpt = None,
 ):
     """Answer prompts, then critique and revise each answer against a constitution.
@@ -202,11 +235,14 @@ def generate(
       rlaif generate examples/prompts.jsonl -o revisions.jsonl
 
       rlaif generate prompts.jsonl -o out.jsonl -c constitutions/helpful.yaml --rounds 3 --engine hf
+
+      rlaif generate prompts.jsonl -o part-2.jsonl --shard 2/4
     """
     from rlaif.config import merged_params
 
     def stage():
         from rlaif import generate as generate_stage
+        from rlaif.shard import parse_shard
 
         v = merged_params(ctx)
         cfg = generate_stage.GenerateConfig(
@@ -223,6 +259,7 @@ def generate(
             chunk_size=v["chunk_size"],
             force=v["force"],
             engine=_engine_settings(v),
+            shard=parse_shard(v["shard"]),
         )
         manifest = generate_stage.run(cfg)
         if cfg.output != "-":
@@ -281,6 +318,12 @@ def label(
     batch_size: BatchSizeOpt = 16,
     trust_remote_code: TrustRemoteCodeOpt = False,
     dtype: DtypeOpt = "auto",
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    max_concurrency: MaxConcurrencyOpt = 8,
+    request_timeout: RequestTimeoutOpt = 120.0,
+    max_retries: MaxRetriesOpt = 5,
+    shard: ShardOpt = None,
     config: ConfigOpt = None,
 ):
     """Label pairs of responses with the judge's preference (soft labels, both orders).
@@ -299,11 +342,14 @@ def label(
       rlaif label hh.jsonl -o prefs.jsonl -k all --engine hf
 
       rlaif label revisions.jsonl -o check.jsonl --method generate
+
+      rlaif label pairs.jsonl -o prefs-3.jsonl --shard 3/8
     """
     from rlaif.config import merged_params
 
     def stage():
         from rlaif import label as label_stage
+        from rlaif.shard import parse_shard
 
         v = merged_params(ctx)
         cfg = label_stage.LabelConfig(
@@ -321,12 +367,50 @@ def label(
             chunk_size=v["chunk_size"],
             force=v["force"],
             engine=_engine_settings(v),
+            shard=parse_shard(v["shard"]),
         )
         manifest = label_stage.run(cfg)
         if cfg.output != "-":
             typer.echo(
                 f"wrote {manifest['counts']['records']} labelled pairs to {cfg.output}"
                 f" ({manifest['wall_time_s']:.1f} s)",
+                err=True,
+            )
+
+    _run_stage(stage)
+
+
+@app.command()
+def merge(
+    shards: Annotated[
+        list[str],
+        typer.Argument(help="Outputs of `--shard I/N` runs, each with its OUT.manifest.json."),
+    ],
+    output: OutputOpt = None,
+):
+    """Join the outputs of `generate` or `label` run with --shard I/N into one output.
+
+    Refuses shards of different jobs (stage, settings, input hash, constitution, models or
+    shard count differ), a missing or repeated shard, and a record in two shards. Rows come
+    out in input order, as one unsharded run writes them; the manifest sums counts and tokens,
+    lists the shards and, for label, recomputes the judge diagnostics over all rows.
+
+    Examples:
+
+      rlaif merge prefs-1.jsonl prefs-2.jsonl prefs-3.jsonl -o prefs.jsonl
+
+      rlaif merge revisions-*.jsonl -o revisions.jsonl
+    """
+
+    def stage():
+        from rlaif.merge import MergeConfig
+        from rlaif.merge import run as merge_run
+
+        manifest = merge_run(MergeConfig(shards=shards, output=_require_output(output)))
+        if output != "-":
+            typer.echo(
+                f"merged {len(shards)} shards: {manifest['counts'].get('records', 0)} records"
+                f" to {output}",
                 err=True,
             )
 
@@ -357,6 +441,11 @@ def sample(
     batch_size: BatchSizeOpt = 16,
     trust_remote_code: TrustRemoteCodeOpt = False,
     dtype: DtypeOpt = "auto",
+    base_url: BaseUrlOpt = None,
+    api_key_env: ApiKeyEnvOpt = "OPENAI_API_KEY",
+    max_concurrency: MaxConcurrencyOpt = 8,
+    request_timeout: RequestTimeoutOpt = 120.0,
+    max_retries: MaxRetriesOpt = 5,
     config: ConfigOpt = None,
 ):
     """Sample responses per prompt, written as pairs (a prompt and two responses) for labelling.
@@ -956,6 +1045,38 @@ def eval_winrate(
             engine=_engine_settings(v),
         )
         winrate.run(cfg)
+
+    _run_stage(stage)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[str, typer.Argument(help="An experiment's output folder.")],
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="HTML file to write.")
+    ] = None,
+):
+    """One self-contained HTML page for an experiment, from its manifests and metrics.
+
+    Finds every stage's output in RUN_DIR by its manifest: judge diagnostics with the
+    per-principle table, reward-model curves and accuracy, SFT/DPO/RL curves and reward trend,
+    win rates, and a few prompts with their critiques and revisions. Prints a short summary.
+
+    Examples:
+
+      rlaif report runs/exp1 -o runs/exp1/report.html
+    """
+
+    def stage():
+        from rlaif.report import summary, write_report
+
+        if not output:
+            raise UserError("missing -o/--output (the HTML file to write)")
+        run = write_report(run_dir, output)
+        text = summary(run)
+        if text:
+            typer.echo(text)
+        typer.echo(f"wrote the report to {output}", err=True)
 
     _run_stage(stage)
 
