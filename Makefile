@@ -26,7 +26,8 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 # small enough for a laptop CPU; rerunning it redoes only what changed.
 demo: $(STAMP)
 	$(MAKE) --no-print-directory -f examples/harmless/Makefile RUN=$(DEMO_DIR) \
-		RLAIF=$(CURDIR)/$(BIN)/rlaif N_PROMPTS=12 main dpo-branch $(DEMO_DIR)/rm-eval.json
+		RLAIF=$(CURDIR)/$(BIN)/rlaif N_PROMPTS=12 DPO_STEPS=4 JUDGE_ENGINE=hf EVAL_ENGINE=hf \
+		main dpo-branch $(DEMO_DIR)/rm-eval.json
 	@$(BIN)/rlaif show $(DEMO_DIR)/revisions.jsonl
 	@echo
 	@$(BIN)/rlaif report $(DEMO_DIR) -o $(DEMO_DIR)/report.html
