@@ -15,6 +15,7 @@ import os
 import resource
 import shutil
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -137,8 +138,15 @@ class CheckpointRun:
 
 
 def prepare_checkpoint_dir(work: Path, fingerprint: dict, force: bool) -> Path | None:
-    """The checkpoint to resume from, if any; refuses other settings unless forced."""
+    """The checkpoint to resume from, if any; refuses other settings unless forced.
+
+    Under `--num-processes`/`accelerate launch` only the main process (RANK 0) checks, clears
+    and writes the folder; the others wait for its settings file. Checking in every process
+    raced: a process that saw the folder before the main one wrote the file refused to run.
+    """
     settings_file = work / SETTINGS_FILE
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _wait_for_main_process(work, fingerprint)
     if work.exists():
         same = settings_file.exists() and json.loads(settings_file.read_text()) == fingerprint
         if not same:
@@ -153,16 +161,29 @@ def prepare_checkpoint_dir(work: Path, fingerprint: dict, force: bool) -> Path |
     return last_complete_checkpoint(work)
 
 
+def _wait_for_main_process(work: Path, fingerprint: dict, timeout_s: float = 600) -> Path | None:
+    settings_file = work / SETTINGS_FILE
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # The file is written atomically, so whatever is there is whole.
+        if settings_file.exists() and json.loads(settings_file.read_text()) == fingerprint:
+            return _newest_complete(work)
+        time.sleep(0.2)
+    raise UserError(f"{work}: the main process did not prepare it in {timeout_s:.0f} s")
+
+
+def _newest_complete(work: Path) -> Path | None:
+    complete = [c for c in work.glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
 def last_complete_checkpoint(work: Path) -> Path | None:
     """The newest checkpoint the Trainer finished writing; a crash mid-save leaves one without
     `trainer_state.json` (written last), which is removed so the run resumes from the one before."""
-    complete = []
     for checkpoint in work.glob("checkpoint-*"):
-        if (checkpoint / "trainer_state.json").is_file():
-            complete.append(checkpoint)
-        else:
+        if not (checkpoint / "trainer_state.json").is_file():
             shutil.rmtree(checkpoint)
-    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+    return _newest_complete(work)
 
 
 def replace_dir(staging: Path, target: Path) -> None:

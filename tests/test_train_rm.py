@@ -256,3 +256,29 @@ def test_a_missing_reward_model_is_one_clear_error(tmp_path):
         assert result.exit_code == 2, result.output
         assert "not a reward-model folder" in result.output
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_other_processes_wait_for_the_main_one_to_prepare_the_checkpoints(tmp_path, monkeypatch):
+    """Under --num-processes every rank opens DIR.partial; only rank 0 may check and write it,
+    the others must wait for its settings file instead of refusing a half-prepared folder."""
+    import threading
+
+    from rlaif.training import prepare_checkpoint_dir
+
+    work = tmp_path / "out.partial"
+    work.mkdir()  # as rank 0 leaves it between mkdir and writing the settings
+    (work / "checkpoint-2").mkdir()
+    (work / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    fingerprint = {"lr": 1e-5}
+    monkeypatch.setenv("RANK", "1")
+    main = threading.Timer(0.5, lambda: prepare_checkpoint_dir_as_main(work, fingerprint))
+    main.start()
+    assert prepare_checkpoint_dir(work, fingerprint, force=False) == work / "checkpoint-2"
+    main.join()
+
+
+def prepare_checkpoint_dir_as_main(work, fingerprint):
+    from rlaif.files import write_json
+    from rlaif.training import SETTINGS_FILE
+
+    write_json(work / SETTINGS_FILE, fingerprint)
