@@ -405,3 +405,19 @@ def test_winrate_refuses_the_openai_engine(tmp_path):
     )
     with pytest.raises(UserError, match="--engine openai is for"):
         run(cfg)
+
+
+def test_a_missing_base_url_fails_before_the_stage_writes_anything(tmp_path):
+    import subprocess
+
+    from conftest import DATA, rlaif_cmd
+
+    out = tmp_path / "prefs.jsonl"
+    done = subprocess.run(
+        rlaif_cmd("label", str(DATA / "hh-harmless-64.jsonl"), "-o", str(out), "--engine=openai"),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "needs --base-url" in done.stderr
+    assert list(tmp_path.iterdir()) == []

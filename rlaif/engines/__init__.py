@@ -41,6 +41,12 @@ class EngineSettings:
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
+        if self.engine == "openai":
+            from rlaif.engines.openai_engine import checked_base_url
+
+            # Checked with the settings, before a stage starts its output, not when the
+            # engine is first needed.
+            checked_base_url(self.base_url)
 
 
 def vllm_available() -> bool:

@@ -48,7 +48,7 @@ class OpenAIEngine:
     def __init__(self, model: str, settings):
         import httpx
 
-        self.base_url = _checked_base_url(settings.base_url)
+        self.base_url = checked_base_url(settings.base_url)
         self.max_concurrency = max(1, settings.max_concurrency)
         self.max_retries = max(0, settings.max_retries)
         self.client = httpx.Client(
@@ -218,7 +218,7 @@ def option_logprob(top: Sequence[tuple[str, float]], option: str) -> float:
     return logsumexp(found) if found else min(lp for _, lp in top)
 
 
-def _checked_base_url(base_url: str | None) -> str:
+def checked_base_url(base_url: str | None) -> str:
     if not base_url:
         raise UserError(
             "--engine openai needs --base-url, the server's API root"
