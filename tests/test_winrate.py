@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import DATA, rlaif_cmd
+from conftest import DATA, perturbed_copy, rlaif_cmd
 
 from rlaif import winrate
 from rlaif.diagnostics import wilson_interval
@@ -71,21 +70,6 @@ def test_all_ties_warn_and_keep_a_wide_interval():
     low, high = report["win_rate_ci95"]
     assert low < 0.4 and high > 0.6  # no verdict, no certainty
     assert "WARNING" in winrate.format_report(report)
-
-
-def perturbed_copy(embedded_model: str, out: Path, scale: float = 0.02) -> Path:
-    """A policy that answers differently from the embedded model: its weights plus noise."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * scale * p.std())
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(embedded_model).save_pretrained(out)
-    return out
 
 
 @pytest.mark.slow
