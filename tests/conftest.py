@@ -213,3 +213,15 @@ def perturbed_copy(embedded_model: str, out: Path, scale: float = 0.02) -> Path:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(embedded_model).save_pretrained(out)
     return out
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, checkpoint: Path, timeout_s: float = 600) -> None:
+    """SIGKILL a training run as soon as `checkpoint` is complete (its trainer_state.json is
+    written last), as a crash would."""
+    deadline = time.time() + timeout_s
+    while not (checkpoint / "trainer_state.json").exists():
+        assert proc.poll() is None, f"training ended before {checkpoint.name}"
+        assert time.time() < deadline, f"no {checkpoint.name} after {timeout_s} s"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import toy_rewards
-from conftest import DATA, labelled_copy, perturbed_copy, rlaif_cmd
+from conftest import DATA, kill_after_checkpoint, labelled_copy, perturbed_copy, rlaif_cmd
 from test_sft_dpo import changed_parameters, generates
 
 from rlaif import rewards, rl
@@ -32,6 +30,30 @@ def rl_run(tmp_path: Path, name: str = "policy", **settings) -> tuple[Path, dict
         **settings,
     )
     return Path(cfg.output_dir), rl.run(cfg)
+
+
+def short_rl_cli(out: Path, reward: str) -> list[str]:
+    """`rlaif rl` for 2 GRPO steps on the short prompts, with a checkpoint after each step."""
+    return rlaif_cmd(
+        "rl",
+        str(SHORT_PROMPTS),
+        "-o",
+        str(out),
+        "--reward",
+        reward,
+        "--algo",
+        "grpo",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--num-generations",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--save-steps",
+        "1",
+    )  # fmt: skip
 
 
 def log(folder: Path) -> list[dict]:
@@ -136,26 +158,7 @@ def test_grpo_with_the_judge_as_reward_through_the_cli(tmp_path, home_with_model
     out = tmp_path / "policy"
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     done = subprocess.run(
-        rlaif_cmd(
-            "rl",
-            str(SHORT_PROMPTS),
-            "-o",
-            str(out),
-            "--reward",
-            "judge",
-            "--algo",
-            "grpo",
-            "--max-steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--num-generations",
-            "2",
-            "--max-new-tokens",
-            "16",
-            "--save-steps",
-            "1",
-        ),  # fmt: skip
+        short_rl_cli(out, "judge"),
         capture_output=True,
         text=True,
         timeout=900,
@@ -200,35 +203,11 @@ def test_ref_model_is_the_anchor_of_the_kl_leash(
 @pytest.mark.slow
 def test_killed_rl_run_resumes_from_its_last_checkpoint(tmp_path, home_with_model):
     out = tmp_path / "policy"
-    args = rlaif_cmd(
-        "rl",
-        str(SHORT_PROMPTS),
-        "-o",
-        str(out),
-        "--reward",
-        "toy_rewards:brevity",
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--num-generations",
-        "2",
-        "--max-new-tokens",
-        "16",
-        "--save-steps",
-        "1",
-    )  # fmt: skip
+    args = short_rl_cli(out, "toy_rewards:brevity")
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     partial = Path(f"{out}.partial")
-    deadline = time.time() + 600
-    # Kill once checkpoint-1 is complete (trainer_state.json is written last).
-    while not (partial / "checkpoint-1" / "trainer_state.json").exists():
-        assert proc.poll() is None, "rl ended before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(proc, partial / "checkpoint-1")
     assert not out.exists()
 
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import DATA, labelled_copy, rlaif_cmd
+from conftest import DATA, kill_after_checkpoint, labelled_copy, rlaif_cmd
 
 from rlaif import train_rm
 from rlaif.errors import UserError
@@ -189,10 +189,6 @@ def test_two_cpu_processes_train_data_parallel(tmp_path, home_with_model):
 
 @pytest.mark.slow
 def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, home_with_model):
-    import os
-    import signal
-    import time
-
     pairs = tmp_path / "hh-short.jsonl"
     pairs.write_text("".join(sorted(HH.read_text().splitlines(True), key=len)[:24]))
     out = tmp_path / "rm"
@@ -216,14 +212,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, home_with_mo
     )
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = Path(f"{out}.partial")
-    deadline = time.time() + 600
-    # Kill once checkpoint-2 is complete (trainer_state.json is written last).
-    while not (partial / "checkpoint-2" / "trainer_state.json").exists():
-        assert proc.poll() is None, "training ended before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(proc, partial / "checkpoint-2")
     assert not out.exists()
 
     resumed = subprocess.run(args, capture_output=True, text=True, timeout=900)
