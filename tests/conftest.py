@@ -215,13 +215,24 @@ def perturbed_copy(embedded_model: str, out: Path, scale: float = 0.02) -> Path:
     return out
 
 
-def kill_after_checkpoint(proc: subprocess.Popen, checkpoint: Path, timeout_s: float = 600) -> None:
-    """SIGKILL a training run as soon as `checkpoint` is complete (its trainer_state.json is
-    written last), as a crash would."""
+def crash_then_rerun(
+    args: list[str], out: Path, checkpoint: str, timeout_s: float = 600
+) -> subprocess.CompletedProcess:
+    """Start a training command, SIGKILL it as soon as `checkpoint` in OUT.partial is complete
+    (its trainer_state.json is written last), as a crash would, then run it again; returns the
+    rerun, which must have resumed."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = Path(f"{out}.partial") / checkpoint / "trainer_state.json"
     deadline = time.time() + timeout_s
-    while not (checkpoint / "trainer_state.json").exists():
-        assert proc.poll() is None, f"training ended before {checkpoint.name}"
-        assert time.time() < deadline, f"no {checkpoint.name} after {timeout_s} s"
+    while not state.exists():
+        assert proc.poll() is None, f"training ended before {checkpoint}"
+        assert time.time() < deadline, f"no {checkpoint} after {timeout_s} s"
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert not out.exists()
+
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from the last checkpoint" in resumed.stderr
+    return resumed

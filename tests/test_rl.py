@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import subprocess
 from pathlib import Path
 
 import pytest
 import toy_rewards
-from conftest import DATA, kill_after_checkpoint, labelled_copy, perturbed_copy, rlaif_cmd
+from conftest import DATA, crash_then_rerun, labelled_copy, perturbed_copy, rlaif_cmd
 from test_sft_dpo import changed_parameters, generates
 
 from rlaif import rewards, rl
@@ -183,18 +182,11 @@ def test_direct_rlaif_through_the_cli_resumes_after_a_crash(tmp_path, home_with_
     its first checkpoint is complete, then run again: it resumes and finishes."""
     out = tmp_path / "policy"
     args = short_rl_cli(out, "judge")
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = Path(f"{out}.partial")
-    kill_after_checkpoint(proc, partial / "checkpoint-1")
-    assert not out.exists()
-
-    resumed = subprocess.run(args, capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from the last checkpoint" in resumed.stderr
+    resumed = crash_then_rerun(args, out, "checkpoint-1")
     assert "wrote the policy" in resumed.stderr
     steps = [e for e in log(out) if "reward" in e]
     assert [e["step"] for e in steps] == [1, 2], steps
     assert all(0 <= e["reward"] <= 1 for e in steps)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["steps"] == 2 and manifest["constitution"]["name"] == "harmless"
-    assert not partial.exists() and generates(out) is not None
+    assert not Path(f"{out}.partial").exists() and generates(out) is not None

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import DATA, kill_after_checkpoint, labelled_copy, rlaif_cmd
+from conftest import DATA, crash_then_rerun, labelled_copy, rlaif_cmd
 
 from rlaif import train_rm
 from rlaif.errors import UserError
@@ -210,19 +210,12 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, home_with_mo
         "--max-length",
         "384",
     )
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = Path(f"{out}.partial")
-    kill_after_checkpoint(proc, partial / "checkpoint-2")
-    assert not out.exists()
-
-    resumed = subprocess.run(args, capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming from the last checkpoint" in resumed.stderr
+    resumed = crash_then_rerun(args, out, "checkpoint-2")
     assert "checkpoint-2" in resumed.stderr or "checkpoint-4" in resumed.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 6
     logged_steps = [e["step"] for e in metrics["log_history"] if "loss" in e]
-    assert logged_steps[-1] == 6 and not partial.exists()
+    assert logged_steps[-1] == 6 and not Path(f"{out}.partial").exists()
 
 
 def test_a_checkpoint_cut_short_is_skipped(tmp_path):
