@@ -51,12 +51,13 @@ def non_embedding_parameters(model_path: str) -> int:
 
 
 def measure(name: str, engine, records, cfg, constitution) -> dict:
-    from rlaif import label
+    from rlaif.judging import judge_chunk
+    from rlaif.stage import TokenCounter
 
-    counter = label._Counter()
-    label.judge_chunk(records[:4], engine, cfg, constitution, label._Counter(), lambda n: None)
+    counter = TokenCounter()
+    judge_chunk(records[:4], engine, cfg, 0, constitution, TokenCounter(), lambda n: None)
     start = time.perf_counter()
-    label.judge_chunk(records, engine, cfg, constitution, counter, lambda n: None)
+    judge_chunk(records, engine, cfg, 0, constitution, counter, lambda n: None)
     seconds = time.perf_counter() - start
     tokens = counter.tokens["judge_prompt_tokens"] + counter.tokens["judge_completion_tokens"]
     result = {
@@ -85,10 +86,10 @@ def main() -> None:
 
     import torch
 
-    from rlaif import label
     from rlaif.constitution import load_constitution, resolve_constitution_path
     from rlaif.engines import EngineSettings, make_engine
     from rlaif.files import read_jsonl
+    from rlaif.judging import JudgingSettings
     from rlaif.models import EMBEDDED_ALIAS, resolve_model
     from rlaif.pairs import parse_pair_records
 
@@ -113,10 +114,8 @@ def main() -> None:
         f" = {fp32 / (2 * params):.0f} tokens/s)"
     )
 
-    probabilities = label.LabelConfig(pairs="-", output="-")
-    generate_verdict = label.LabelConfig(
-        pairs="-", output="-", method="generate", max_new_tokens=args.verdict_tokens
-    )
+    probabilities = JudgingSettings()
+    generate_verdict = JudgingSettings(method="generate", max_new_tokens=args.verdict_tokens)
     hf = make_engine(model, EngineSettings(engine="hf"))
     b = measure("(b) rlaif label on transformers", hf, records, probabilities, constitution)
     hf.close()

@@ -1,7 +1,8 @@
 """`--config FILE.yaml`: a stage's flags from a file; flags on the command line win.
 
-Keys are flag names (`max-new-tokens` or `max_new_tokens`). Values go through the same
-conversion as the flags, so a file can't smuggle in a value the command line would reject.
+Keys are the options' field names (`max_new_tokens`; `max-new-tokens` works too), the names the
+manifest's settings use. Values go through the same conversion as the flags, so a file can't
+smuggle in a value the command line would reject.
 """
 
 from __future__ import annotations

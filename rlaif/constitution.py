@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rlaif.errors import UserError, at
 from rlaif.files import sha256_bytes
+from rlaif.options import option
 
 PRINCIPLE_FIELDS = ("id", "critique", "revision", "preference")
 EXAMPLE_FIELDS = ("prompt", "response", "critique", "revision")
@@ -216,3 +217,12 @@ def render_all(constitution: Constitution) -> dict[str, dict[str, list[dict]]]:
             if not all(m["content"].strip() for m in chat):
                 raise at(constitution.path, None, f"principle '{pr.id}': empty {kind} prompt")
     return rendered
+
+
+def constitution_option():
+    """The `-c/--constitution` of every stage that reads principles."""
+    return option(
+        "harmless",
+        help="Constitution YAML file, or a bundled name.",
+        flags=("-c", "--constitution"),
+    )

@@ -21,18 +21,10 @@ from dataclasses import dataclass
 from rlaif.errors import UserError
 from rlaif.files import read_jsonl
 from rlaif.models import resolve_model
-from rlaif.preferences import confident_rows, oriented, preference_rows
-from rlaif.training import (
-    CheckpointRun,
-    TrainingSettings,
-    load_causal_lm,
-    lora_config,
-    run_fingerprint,
-    train_and_publish,
-    trainer_args,
-)
+from rlaif.options import option
+from rlaif.preferences import LabelModeSettings, collator_with_label_p, oriented, preference_rows
+from rlaif.training import InputFile, TrainingSettings, load_causal_lm, run_training
 
-LABEL_MODES = ("hard", "soft", "filter")
 # DPOConfig.loss_type's documented values in TRL 1.16.
 LOSS_TYPES = (
     "sigmoid",
@@ -51,65 +43,91 @@ LOSS_TYPES = (
     "sft",
     "sigmoid_norm",
 )
+# The losses that read TRL's `label_smoothing` (ε) in TRL 1.16's DPOTrainer._compute_loss.
+SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 SOFT_LOSS = "exo_pair"
 SOFT_EPSILON = 1e-3
 
 
 @dataclass(kw_only=True)
-class DPOConfig(TrainingSettings):
-    prefs: str
+class DPOConfig(TrainingSettings, LabelModeSettings):
+    """Direct preference optimisation on AI (or human) labels, with TRL's DPOTrainer.
+
+    Writes a normal Hugging Face folder (AutoModelForCausalLM; LoRA merged) with
+    metrics.json, curves.png and manifest.json; resumes from DIR.partial after a crash. Data
+    parallel as for train-rm.
+
+    Examples:
+
+      rlaif dpo prefs.jsonl -o dpo-model --beta 0.1
+
+      rlaif dpo prefs.jsonl -o dpo-model -m sft-model --label-mode soft --lora
+    """
+
+    prefs: str = option(
+        help="Preference JSONL: `rlaif label` output, TRL chosen/rejected rows or HH-RLHF.",
+        argument=True,
+    )
+    # None: the starting model
+    ref_model: str | None = option(
+        None, help="Reference model for the KL leash (default: the starting model)."
+    )
+    beta: float = option(0.1, help="Strength of the leash to the reference model.")
+    # None: sigmoid for hard/filter labels, exo_pair for soft
+    loss_type: str | None = option(
+        None,
+        help="A TRL DPO loss: sigmoid, ipo, hinge, robust, exo_pair, ... (default: sigmoid;"
+        " exo_pair for soft labels).",
+    )
+    label_smoothing: float = option(
+        0.0,
+        help="TRL's ε for the robust, exo_pair, aot and aot_unpaired losses on hard labels.",
+    )
+    label_mode: str = option(
+        "hard",
+        help="hard: the judge's choice; filter: confident pairs only; soft: fit the judge's"
+        " probability (exo_pair loss, one ε = 1 - p per pair).",
+    )
     learning_rate: float = 5e-6
-    beta: float = 0.1
-    loss_type: str | None = None  # None: sigmoid for hard/filter labels, exo_pair for soft
-    label_smoothing: float = 0.0  # TRL's, for the `robust` and `exo_pair` losses on hard labels
-    ref_model: str | None = None  # None: the starting model
-    label_mode: str = "hard"
-    min_confidence: float = 0.1
+    batch_size: int = option(8, help="Pairs per device per step.")
+    max_length: int = option(
+        1024, help="Longest prompt + response in tokens; longer ones are truncated."
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.label_mode not in LABEL_MODES:
-            raise UserError(
-                f"--label-mode {self.label_mode}: choose one of {', '.join(LABEL_MODES)}"
-            )
+        self.check_label_mode()
         if self.loss_type is None:
-            self.loss_type = SOFT_LOSS if self.label_mode == "soft" else "sigmoid"
+            self.loss_type = SOFT_LOSS if self.soft else "sigmoid"
         if self.loss_type not in LOSS_TYPES:
             raise UserError(f"--loss-type {self.loss_type}: choose one of {', '.join(LOSS_TYPES)}")
-        if self.label_mode == "soft" and self.loss_type != SOFT_LOSS:
+        if self.soft and self.loss_type != SOFT_LOSS:
             raise UserError(
                 f"--label-mode soft fits the judge's probabilities with --loss-type {SOFT_LOSS};"
                 f" {self.loss_type} takes hard labels (use --label-mode hard or filter)"
             )
-        if not 0 <= self.min_confidence <= 0.5:
-            raise UserError(f"--min-confidence {self.min_confidence}: must be in [0, 0.5]")
+        if self.label_smoothing and (self.soft or self.loss_type not in SMOOTHED_LOSSES):
+            raise UserError(
+                f"--label-smoothing {self.label_smoothing} has no effect here: only the"
+                f" {', '.join(SMOOTHED_LOSSES)} losses read it, and soft labels set one ε per"
+                " pair from p"
+            )
         if self.beta <= 0:
             raise UserError(f"--beta {self.beta}: must be > 0")
 
 
 def _trainer_class():
-    """DPOTrainer that, when a batch carries `label_p`, gives exo_pair one ε per pair."""
-    import warnings
-    from dataclasses import dataclass as dc
+    """DPOTrainer that, when a batch carries `label_p`, gives exo_pair one ε per pair.
 
-    import torch
+    TRL 1.16 internals touched: `_compute_loss` and the `label_smoothing` attribute it reads
+    (no public hook takes a per-pair ε).
+    """
+    import warnings
+
     from trl import DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    @dc
-    class LabelledCollator(DataCollatorForPreference):
-        def torch_call(self, examples):
-            batch = super().torch_call(examples)
-            if "label_p" in examples[0]:
-                batch["label_p"] = torch.tensor([e["label_p"] for e in examples], dtype=torch.float)
-            return batch
-
     class RLAIFDPOTrainer(DPOTrainer):
-        def _set_signature_columns_if_needed(self):
-            super()._set_signature_columns_if_needed()
-            if "label_p" not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, "label_p"]
-
         def _compute_loss(self, model, inputs, return_outputs):
             p = inputs.pop("label_p", None)
             if p is None:
@@ -125,16 +143,14 @@ def _trainer_class():
             finally:
                 self.label_smoothing = shared
 
-    return RLAIFDPOTrainer, LabelledCollator
+    return RLAIFDPOTrainer, collator_with_label_p(DataCollatorForPreference)
 
 
 def training_rows(rows: list[dict], cfg: DPOConfig) -> tuple[list[dict], int]:
     """Rows the label mode trains on (hard modes: chosen = preferred side), and how many
     `filter` dropped."""
-    dropped = 0
-    if cfg.label_mode == "filter":
-        rows, dropped = confident_rows(rows, cfg.min_confidence)
-    if cfg.label_mode != "soft":
+    rows, dropped = cfg.rows_to_train(rows)
+    if not cfg.soft:
         rows = [oriented(r) for r in rows]
     return rows, dropped
 
@@ -158,56 +174,49 @@ def run(cfg: DPOConfig) -> dict:
     elif not cfg.lora:
         # An explicit float32 copy: TRL would reload the starting model in its saved dtype.
         ref_model, _ = load_causal_lm(resolved.path, cfg.trust_remote_code)
-    run_dir = CheckpointRun.open(
-        cfg.output_dir,
-        run_fingerprint(
-            cfg,
-            {"prefs": input_sha},
-            resolved.source_sha256,
-        )
-        | {"ref_model_sha256": reference.source_sha256 if reference else None},
-        cfg.force,
-    )
-    soft = cfg.label_mode == "soft"
-    args = trainer_args(
-        TRLDPOConfig,
-        cfg,
-        run_dir.work,
-        max_length=cfg.max_length,
-        beta=cfg.beta,
-        loss_type=[cfg.loss_type],
-        # TRL refuses exo_pair with ε = 0; soft mode replaces ε per pair anyway.
-        label_smoothing=SOFT_EPSILON if soft else cfg.label_smoothing,
-    )
     columns = {k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")}
-    if soft:
+    if cfg.soft:
         columns["label_p"] = [r["p"] for r in rows]
     trainer_cls, collator_cls = _trainer_class()
-    trainer = trainer_cls(
-        model=model,
-        ref_model=ref_model,
-        args=args,
-        train_dataset=Dataset.from_dict(columns),
-        processing_class=tokenizer,
-        data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id, max_length=cfg.max_length),
-        peft_config=lora_config(cfg, "CAUSAL_LM"),
-    )
-    models = {"base": resolved, **({"reference": reference} if reference else {})}
-    return train_and_publish(
-        trainer,
-        run_dir,
+
+    def build_trainer(args, peft_config):
+        return trainer_cls(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            train_dataset=Dataset.from_dict(columns),
+            processing_class=tokenizer,
+            data_collator=collator_cls(
+                pad_token_id=tokenizer.pad_token_id, max_length=cfg.max_length
+            ),
+            peft_config=peft_config,
+        )
+
+    return run_training(
+        cfg,
         stage="dpo",
-        cfg=cfg,
-        tokenizer=tokenizer,
-        inputs={"prefs": {"path": cfg.prefs, "sha256": input_sha}},
-        models=models,
-        counts={
+        inputs={"prefs": InputFile(cfg.prefs, input_sha)},
+        models={"base": resolved, **({"reference": reference} if reference else {})},
+        trl_config=TRLDPOConfig,
+        trl_args={
+            "max_length": cfg.max_length,
+            "beta": cfg.beta,
+            "loss_type": [cfg.loss_type],
+            # TRL refuses exo_pair with ε = 0; soft mode replaces ε per pair anyway.
+            "label_smoothing": SOFT_EPSILON if cfg.soft else cfg.label_smoothing,
+            # keeps `label_p` for the collator (TRL keeps only its own columns otherwise)
+            "remove_unused_columns": False,
+        },
+        lora_task="CAUSAL_LM",
+        build_trainer=build_trainer,
+        counts=lambda trainer: {
             "pairs": len(rows) + dropped_low_confidence,
             "train": len(trainer.train_dataset),
             "dropped_low_confidence": dropped_low_confidence,
             # TRL drops pairs whose prompt alone fills max_length, and truncates the others.
             "dropped_too_long": len(rows) - len(trainer.train_dataset),
         },
+        tokenizer=tokenizer,
         curve_keys=["loss", "rewards/accuracies", "rewards/margins"],
         title=f"DPO ({cfg.loss_type}, {cfg.label_mode} labels, beta {cfg.beta})",
         started=started,

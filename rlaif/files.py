@@ -20,7 +20,8 @@ from typing import IO, Any
 
 import jsonlines
 
-from rlaif.errors import UserError, at
+from rlaif.errors import at
+from rlaif.outputs import resume_or_refuse
 
 STDIO = "-"
 PARTIAL_HEADER_KEY = "__rlaif_partial__"
@@ -177,14 +178,7 @@ class PartialRun:
             else:
                 records[obj["id"]] = obj
             good_end += len(line)
-        if header != self.fingerprint:
-            if not force:
-                changed = _changed_keys(header, self.fingerprint)
-                raise UserError(
-                    f"{self.path}: an interrupted run with different settings exists"
-                    f" (changed: {', '.join(changed) or 'unreadable header'});"
-                    " rerun with the same settings to resume, or add --force to start over"
-                )
+        if not resume_or_refuse(self.path, header, self.fingerprint, force):
             self.path.unlink()
             return
         self.done = records
@@ -202,13 +196,6 @@ class PartialRun:
     @staticmethod
     def discard(output: str) -> None:
         partial_path(output).unlink(missing_ok=True)
-
-
-def _changed_keys(old: dict | None, new: dict) -> list[str]:
-    if not isinstance(old, dict):
-        return []
-    keys = sorted(set(old) | set(new))
-    return [k for k in keys if old.get(k) != new.get(k)]
 
 
 def folder_digest(path: str | Path) -> str:

@@ -11,42 +11,58 @@ requests as user turns (few-shot examples, when the constitution has them, as ea
 
 from __future__ import annotations
 
-import hashlib
 import random
-import sys
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 
 from rlaif import prompts
-from rlaif.constitution import Constitution, load_constitution, resolve_constitution_path
-from rlaif.engines import EngineSettings, Sampling, make_engine, resolve_engine_name
+from rlaif.constitution import Constitution, constitution_option
+from rlaif.engines import Sampling
 from rlaif.errors import UserError
-from rlaif.files import read_jsonl
-from rlaif.manifest import build_manifest
-from rlaif.models import EMBEDDED_ALIAS, resolve_model_for
+from rlaif.models import EMBEDDED_ALIAS
+from rlaif.options import option
 from rlaif.records import PromptRecord, parse_prompt_records
-from rlaif.shard import Shard, manifest_fields, select
-from rlaif.stage import publish, run_in_chunks, settings_fingerprint
+from rlaif.seeds import derived_seed
+from rlaif.stage import RecordStage, ShardedRecordSettings, TokenCounter
 
 
-@dataclass
-class GenerateConfig:
-    prompts: str
-    output: str
-    constitution: str = "harmless"
-    policy_model: str = EMBEDDED_ALIAS
-    judge_model: str | None = None  # None: the policy model judges itself, as in the CAI paper
-    rounds: int = 2
-    seed: int = 0
-    max_new_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 0.95
-    chunk_size: int = 256  # the engine sees every prompt of a chunk at once; resume granularity
-    force: bool = False
-    engine: EngineSettings = field(default_factory=EngineSettings)
-    shard: Shard | None = None  # this machine's share of the prompts (--shard I/N)
+@dataclass(kw_only=True)
+class GenerateConfig(ShardedRecordSettings):
+    """Answer prompts, then critique and revise each answer against a constitution.
+
+    Each output row keeps every step (principle, critique, revision) and TRL-ready fields:
+    prompt/chosen/rejected (revision preferred to the first answer) and messages (for SFT).
+    An interrupted run resumes from OUT.partial.jsonl when run again.
+
+    Examples:
+
+      rlaif generate examples/prompts.jsonl -o revisions.jsonl
+
+      rlaif generate prompts.jsonl -o out.jsonl -c constitutions/helpful.yaml --rounds 3 --engine hf
+
+      rlaif generate prompts.jsonl -o part-2.jsonl --shard 2/4
+    """
+
+    prompts: str = option(
+        help='JSONL of {"prompt": ...} or {"messages": [...]} rows (\'-\' for stdin).',
+        argument=True,
+    )
+    constitution: str = constitution_option()
+    policy_model: str = option(
+        EMBEDDED_ALIAS,
+        help="Model that answers: HF folder, hub id, .gguf or alias.",
+        flags=("-m", "--policy-model"),
+    )
+    # None: the policy model judges itself, as in the CAI paper
+    judge_model: str | None = option(
+        None, help="Model that critiques and revises (default: the policy model)."
+    )
+    rounds: int = option(2, help="Critique→revision rounds per prompt.")
+    max_new_tokens: int = option(256, help="Longest answer, critique or revision.")
+    temperature: float = option(0.7, help="Sampling temperature (0: greedy).")
+    top_p: float = option(0.95, help="Nucleus sampling mass.")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.rounds < 1:
             raise UserError(f"--rounds {self.rounds}: must be at least 1")
         if self.max_new_tokens < 1:
@@ -55,34 +71,15 @@ class GenerateConfig:
             raise UserError(f"--temperature {self.temperature}: must be >= 0")
         if not 0 < self.top_p <= 1:
             raise UserError(f"--top-p {self.top_p}: must be in (0, 1]")
-        if self.chunk_size < 1:
-            raise UserError(f"--chunk-size {self.chunk_size}: must be at least 1")
 
     @property
     def sampling(self) -> Sampling:
         return Sampling(self.max_new_tokens, self.temperature, self.top_p)
 
 
-def derived_seed(seed: int, *parts: object) -> int:
-    """A seed for one decision (a record's step), independent of batching, chunking and resumes."""
-    text = ":".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-
-
 def sample_principle(constitution: Constitution, seed: int, record_id: str, round_: int):
     rng = random.Random(derived_seed(seed, "principle", record_id, round_))
     return rng.choice(constitution.principles)
-
-
-class _TokenCounter:
-    def __init__(self):
-        self.counts: dict[str, int] = {}
-
-    def add(self, role: str, completions) -> None:
-        for c in completions:
-            for kind, n in (("prompt", c.prompt_tokens), ("completion", c.completion_tokens)):
-                key = f"{role}_{kind}_tokens"
-                self.counts[key] = self.counts.get(key, 0) + n
 
 
 def revise_chunk(
@@ -91,7 +88,7 @@ def revise_chunk(
     judge,
     cfg: GenerateConfig,
     constitution: Constitution,
-    tokens: _TokenCounter,
+    tokens: TokenCounter,
     advance,
 ) -> list[dict]:
     sampling = cfg.sampling
@@ -100,7 +97,7 @@ def revise_chunk(
         sampling,
         [derived_seed(cfg.seed, "initial", r.id) for r in chunk],
     )
-    tokens.add("policy", initial)
+    tokens.add_completions("policy", initial)
     advance(len(chunk))
     current = [c.text for c in initial]
     steps: list[list[dict]] = [[] for _ in chunk]
@@ -115,7 +112,7 @@ def revise_chunk(
             sampling,
             [derived_seed(cfg.seed, "critique", r.id, round_) for r in chunk],
         )
-        tokens.add("judge", critiques)
+        tokens.add_completions("judge", critiques)
         advance(len(chunk))
         revisions = judge.generate(
             [
@@ -125,7 +122,7 @@ def revise_chunk(
             sampling,
             [derived_seed(cfg.seed, "revision", r.id, round_) for r in chunk],
         )
-        tokens.add("judge", revisions)
+        tokens.add_completions("judge", revisions)
         advance(len(chunk))
         for i, (p, c, rev) in enumerate(zip(chosen, critiques, revisions, strict=True)):
             # An empty revision would erase the answer; keep the previous one and say so.
@@ -163,95 +160,33 @@ def _output_row(record, initial: str, final: str, steps, policy_id, judge_id) ->
     }
 
 
-def _check_distinct_served_models(engines: dict) -> None:
-    """Two model names that one server answers with its single model would make the policy
-    judge itself without anyone asking for it."""
-    served = [getattr(e, "model_id", None) for e in engines.values()]
-    if len(served) == 2 and served[0] is not None and served[0] == served[1]:
-        raise UserError(
-            f"--policy-model and --judge-model both reach the server's one model {served[0]!r};"
-            " serve both models (or drop --judge-model to let the policy judge itself)"
-        )
-
-
 def run(cfg: GenerateConfig) -> dict:
     """Run the stage; returns its manifest. Input problems raise UserError before any work."""
-    started = time.time()
-    rows, input_sha = read_jsonl(cfg.prompts)
-    parsed = parse_prompt_records(cfg.prompts, rows)
-    records = select(parsed, cfg.shard)
-    if cfg.shard:
-        print(f"shard {cfg.shard}: {len(records)} of {len(parsed)} prompts", file=sys.stderr)
-    constitution = load_constitution(resolve_constitution_path(cfg.constitution))
-    engine_name = resolve_engine_name(cfg.engine.engine)
-    policy_model = resolve_model_for(cfg.policy_model, engine_name)
-    judge_model = (
-        resolve_model_for(cfg.judge_model, engine_name) if cfg.judge_model else policy_model
-    )
-    settings = replace(cfg.engine, engine=engine_name)
-    fingerprint = settings_fingerprint(
-        cfg,
-        "prompts",
-        engine=asdict(settings),
-        input_sha256=input_sha,
-        constitution_sha256=constitution.sha256,
-        policy_model_sha256=policy_model.source_sha256,
-        judge_model_sha256=judge_model.source_sha256,
-    )
-    engines: dict[str, object] = {}
-    tokens = _TokenCounter()
-
-    def engine_for(model) -> object:
-        # One engine per distinct model: when the policy judges itself, it is loaded once.
-        if model.path not in engines:
-            share = 1.0 if policy_model.path == judge_model.path else 0.5
-            engines[model.path] = make_engine(model.path, settings, cfg.seed, share)
-            _check_distinct_served_models(engines)
-        return engines[model.path]
-
-    def process(chunk, advance):
-        return revise_chunk(
-            chunk,
-            engine_for(policy_model),
-            engine_for(judge_model),
-            cfg,
-            constitution,
-            tokens,
-            advance,
-        )
-
-    result = run_in_chunks(
-        output=cfg.output,
-        fingerprint=fingerprint,
-        force=cfg.force,
-        records=records,
-        chunk_size=cfg.chunk_size,
-        steps_per_record=1 + 2 * cfg.rounds,
-        process_chunk=process,
-        description="generate",
-    )
-    empty = sum(s["empty_revision"] for row in result.rows for s in row["revisions"])
-    manifest = build_manifest(
+    with RecordStage(
         "generate",
         cfg,
-        inputs={"prompts": {"path": cfg.prompts, "sha256": input_sha}},
-        models={
-            "policy": policy_model.describe(),
-            "judge": judge_model.describe(),
-            "engine": engine_name,
-        },
-        constitution=constitution,
-        counts={
-            "records": len(result.rows),
-            "resumed": result.resumed,
-            "generated": len(result.rows) - result.resumed,
-            "empty_revisions": empty,
-        },
-        tokens=tokens.counts,
-        started=started,
-        extra=manifest_fields(cfg.shard, records),
-    )
-    publish(cfg.output, result.rows, manifest)
-    for engine in engines.values():
-        engine.close()
-    return manifest
+        input_field="prompts",
+        parse=parse_prompt_records,
+        # One engine per distinct model: when the policy judges itself, it is loaded once.
+        models={"policy": cfg.policy_model, "judge": cfg.judge_model},
+        constitution=cfg.constitution,
+    ) as stage:
+
+        def process(chunk, advance):
+            policy, judge = stage.engine("policy"), stage.engine("judge")
+            return revise_chunk(
+                chunk, policy, judge, cfg, stage.constitution, stage.tokens, advance
+            )
+
+        result = stage.run_chunks(stage.records, process, steps_per_record=1 + 2 * cfg.rounds)
+        empty = sum(s["empty_revision"] for row in result.rows for s in row["revisions"])
+        return stage.publish(
+            result.rows,
+            counts={
+                "records": len(result.rows),
+                "resumed": result.resumed,
+                "generated": len(result.rows) - result.resumed,
+                "empty_revisions": empty,
+            },
+            input_lines=[r.line for r in stage.records],
+        )

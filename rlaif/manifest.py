@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import sys
 import time
@@ -9,6 +10,7 @@ from dataclasses import asdict, is_dataclass
 from importlib import metadata
 from typing import Any
 
+from rlaif.errors import at
 from rlaif.files import write_json
 
 TRACKED_PACKAGES = (
@@ -73,3 +75,21 @@ def build_manifest(
 
 def write_manifest(path, manifest: dict) -> None:
     write_json(path, manifest)
+
+
+def read_manifest(path) -> dict:
+    """A manifest written by a stage, checked: a JSON object naming its stage. One-line errors
+    for a missing, unreadable or foreign file."""
+    from pathlib import Path
+
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise at(str(path), None, "no such manifest") from None
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise at(str(path), None, f"not a readable manifest: {e}") from None
+    if not isinstance(manifest, dict):
+        raise at(str(path), None, "not a manifest (expected a JSON object)")
+    if not isinstance(manifest.get("stage"), str):
+        raise at(str(path), None, "not an rlaif manifest (no 'stage')")
+    return manifest

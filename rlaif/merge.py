@@ -17,10 +17,12 @@ from pathlib import Path
 
 from rlaif.errors import UserError, at
 from rlaif.files import STDIO, manifest_path, read_input_bytes, read_jsonl
+from rlaif.manifest import read_manifest
+from rlaif.options import option, output_option
 from rlaif.shard import Shard
 from rlaif.stage import publish
 
-MERGEABLE_STAGES = ("generate", "label")
+MERGEABLE_STAGES = ("generate", "sample", "label")
 # Settings that may differ between the shards of one job.
 PER_SHARD_SETTINGS = ("output", "force", "shard")
 # Keys of a shard's manifest that describe the shard alone, not the merged whole.
@@ -29,8 +31,25 @@ SHARD_ONLY_KEYS = ("shard", "input_lines", "diagnostics")
 
 @dataclass
 class MergeConfig:
-    shards: list[str]  # the shard runs' output files; each manifest lies beside its file
-    output: str
+    """Join the outputs of `generate`, `sample` or `label` run with --shard I/N into one output.
+
+    Refuses shards of different jobs (stage, settings, input hash, constitution, models or
+    shard count differ), a missing or repeated shard, and a record in two shards. Rows come
+    out in input order, as one unsharded run writes them; the manifest sums counts and tokens,
+    lists the shards and, for label, recomputes the judge diagnostics over all rows.
+
+    Examples:
+
+      rlaif merge prefs-1.jsonl prefs-2.jsonl prefs-3.jsonl -o prefs.jsonl
+
+      rlaif merge revisions-*.jsonl -o revisions.jsonl
+    """
+
+    # the shard runs' output files; each manifest lies beside its file
+    shards: list[str] = option(
+        help="Outputs of `--shard I/N` runs, each with its OUT.manifest.json.", argument=True
+    )
+    output: str = output_option()
 
 
 @dataclass
@@ -73,13 +92,7 @@ def _read_manifest(path: str) -> dict:
         raise at(path, None, "no such file")
     if not mpath.is_file():
         raise at(path, None, f"no manifest {mpath}; merge needs each shard's output and manifest")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise at(str(mpath), None, f"not a readable manifest: {e}") from None
-    if not isinstance(manifest, dict):
-        raise at(str(mpath), None, "not a manifest (expected a JSON object)")
-    return manifest
+    return read_manifest(mpath)
 
 
 def _read_rows(path: str, records) -> list[dict]:
@@ -178,7 +191,8 @@ def rows_in_input_order(parts: list[ShardPart]) -> list[dict]:
                     f"{where[record_id]} and {part.path}: record {record_id!r} appears twice"
                 )
             where[record_id] = part.path
-            if not part.shard.owns(record_id):
+            # sample's pairs of one prompt (ids `ID:k`) belong to the prompt's shard
+            if not part.shard.owns(row.get("prompt_id", record_id)):
                 raise at(part.path, None, f"record {record_id!r} is not in shard {part.shard}")
             placed.append((line, row))
     placed.sort(key=lambda pair: pair[0])

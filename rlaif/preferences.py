@@ -7,8 +7,59 @@ becomes p = 1. Rows without any preference cannot be trained on and are an error
 
 from __future__ import annotations
 
-from rlaif.errors import at
+from dataclasses import dataclass
+
+from rlaif.errors import UserError, at
+from rlaif.options import option
 from rlaif.pairs import parse_pair_records
+
+LABEL_MODES = ("hard", "soft", "filter")
+
+
+@dataclass(kw_only=True)
+class LabelModeSettings:
+    """How a preference trainer (train-rm, dpo) uses the judge's probability p."""
+
+    label_mode: str = option(
+        "soft", help="soft: fit the judge's probability; hard: its choice; filter: confident only."
+    )
+    min_confidence: float = option(0.1, help="filter: keep pairs with |p - 0.5| at least this.")
+
+    def check_label_mode(self) -> None:
+        if self.label_mode not in LABEL_MODES:
+            raise UserError(
+                f"--label-mode {self.label_mode}: choose one of {', '.join(LABEL_MODES)}"
+            )
+        if not 0 <= self.min_confidence <= 0.5:
+            raise UserError(f"--min-confidence {self.min_confidence}: must be in [0, 0.5]")
+
+    @property
+    def soft(self) -> bool:
+        return self.label_mode == "soft"
+
+    def rows_to_train(self, rows: list[dict]) -> tuple[list[dict], int]:
+        """The rows this label mode trains on, and how many `filter` dropped."""
+        if self.label_mode != "filter":
+            return rows, 0
+        return confident_rows(rows, self.min_confidence)
+
+
+def collator_with_label_p(collator_cls):
+    """`collator_cls` (one of TRL's preference collators) that also batches each pair's soft
+    label `label_p`, for the soft-label losses of train-rm and dpo."""
+    from dataclasses import dataclass as dc
+
+    import torch
+
+    @dc
+    class LabelledCollator(collator_cls):
+        def torch_call(self, examples):
+            batch = super().torch_call(examples)
+            if "label_p" in examples[0]:
+                batch["label_p"] = torch.tensor([e["label_p"] for e in examples], dtype=torch.float)
+            return batch
+
+    return LabelledCollator
 
 
 def _assistant(text: str) -> list[dict]:

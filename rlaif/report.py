@@ -20,6 +20,7 @@ from pathlib import Path
 from rlaif.diagnostics import format_diagnostics
 from rlaif.errors import UserError
 from rlaif.files import atomic_output, read_jsonl
+from rlaif.manifest import read_manifest
 
 EXAMPLES_SHOWN = 3
 
@@ -41,13 +42,13 @@ def discover(root: Path) -> Run:
     for manifest_file in sorted(root.rglob("*.manifest.json")):
         if _in_progress(root, manifest_file):
             continue
-        manifest = _load(manifest_file)
+        manifest = read_manifest(manifest_file)
         output = manifest_file.with_name(manifest_file.name.removesuffix(".manifest.json"))
         run.jsonl_stages.setdefault(manifest.get("stage", "?"), []).append((output, manifest))
     for manifest_file in sorted(root.rglob("manifest.json")):
         if _in_progress(root, manifest_file):
             continue
-        manifest = _load(manifest_file)
+        manifest = read_manifest(manifest_file)
         run.model_stages.setdefault(manifest.get("stage", "?"), []).append(
             (manifest_file.parent, manifest)
         )

@@ -20,8 +20,8 @@ from rlaif import prompts as templates
 from rlaif.constitution import load_constitution, resolve_constitution_path
 from rlaif.engines import EngineSettings, make_engine
 from rlaif.errors import UserError
-from rlaif.generate import derived_seed
 from rlaif.models import resolve_model
+from rlaif.seeds import derived_seed
 
 
 def _text(item) -> str:
@@ -41,7 +41,7 @@ class RewardModelReward:
     __name__ = "reward_model"
 
     def __init__(self, path: str, batch_size: int = 8):
-        from rlaif.score import RewardModel
+        from rlaif.reward_model import RewardModel
 
         self.model = RewardModel(path, batch_size=batch_size)
 

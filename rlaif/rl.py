@@ -14,58 +14,113 @@ for vLLM in colocate mode (GRPO/RLOO/online DPO), which on a GPU is much faster.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
+from rlaif.constitution import constitution_option
 from rlaif.engines import EngineSettings
 from rlaif.errors import UserError
 from rlaif.files import read_jsonl
 from rlaif.models import EMBEDDED_ALIAS, resolve_model
+from rlaif.options import option
 from rlaif.records import parse_prompt_records
-from rlaif.training import (
-    CheckpointRun,
-    TrainingSettings,
-    load_causal_lm,
-    lora_config,
-    run_fingerprint,
-    train_and_publish,
-    trainer_args,
-)
+from rlaif.training import InputFile, TrainingSettings, load_causal_lm, run_training
 
 ALGORITHMS = ("grpo", "rloo", "online-dpo")
+JUDGE_ENGINES = ("hf", "vllm")  # the judge runs in the training process
+ONLINE_DPO_MAX_LENGTH = 1024
+
+
+def reward_kind(reward: str) -> str:
+    """ "judge", "model" (a reward-model folder) or "python" (module:function)."""
+    if reward == "judge":
+        return "judge"
+    if Path(reward).is_dir():
+        return "model"
+    module, sep, function = reward.partition(":")
+    if sep and module and function and "/" not in module:
+        return "python"
+    raise UserError(
+        f"--reward {reward}: 'judge', a reward-model folder from `rlaif train-rm` (no such"
+        " folder here), or module:function"
+    )
 
 
 @dataclass(kw_only=True)
 class RLConfig(TrainingSettings):
-    prompts: str
-    algo: str = "grpo"
-    reward: str | None = None  # "judge", "model" (with reward_model) or "module:function"
-    reward_model: str | None = None
-    judge_model: str = EMBEDDED_ALIAS
-    constitution: str = "harmless"
-    judge_engine: EngineSettings = field(default_factory=lambda: EngineSettings(engine="hf"))
-    kl_coef: float = 0.05
-    ref_model: str | None = None  # None: the starting policy
-    num_generations: int = 4  # group size (GRPO, RLOO); online DPO always samples two
-    max_new_tokens: int = 64
-    temperature: float = 1.0
+    """Optimise a policy on-line (GRPO, RLOO or online DPO) against a reward model or the judge.
+
+    Writes a normal Hugging Face folder (AutoModelForCausalLM; LoRA merged) with log.jsonl
+    (per step: reward, KL, completion length, entropy, ...), metrics.json, curves.png and
+    manifest.json; resumes from DIR.partial after a crash.
+
+    Examples:
+
+      rlaif rl prompts.jsonl -o policy --reward rm --algo grpo --max-steps 200
+
+      rlaif rl prompts.jsonl -o policy --reward judge -c harmless --algo rloo --lora
+
+      rlaif rl prompts.jsonl -o policy --reward mypkg.rewards:brevity --kl-coef 0
+    """
+
+    prompts: str = option(help="JSONL of prompts, as for generate.", argument=True)
+    algo: str = option("grpo", help="grpo, rloo or online-dpo (TRL's trainers).")
+    reward: str = option(
+        "judge",
+        help="judge: the judge rates each completion (direct RLAIF); a reward-model folder from"
+        " `rlaif train-rm`; or module:function, a Python reward.",
+    )
+    judge_model: str = option(
+        EMBEDDED_ALIAS, help="--reward judge: the judge (HF folder, hub id, .gguf, alias)."
+    )
+    constitution: str = constitution_option()
+    judge_engine: str = option(
+        "hf", help="--reward judge: engine for the judge, hf (shares the process) or vllm."
+    )
+    model: str = option(
+        EMBEDDED_ALIAS,
+        help="Starting policy: HF folder, hub id, alias.",
+        flags=("-m", "--policy-model", "--model"),
+    )
+    # None: the starting policy
+    ref_model: str | None = option(
+        None, help="Reference model for the KL term (default: the policy)."
+    )
+    kl_coef: float = option(0.05, help="KL coefficient (TRL's beta); 0: no leash.")
+    # group size (GRPO, RLOO); online DPO always samples two
+    num_generations: int = option(4, help="grpo/rloo: completions per prompt (the group).")
+    max_new_tokens: int = option(64, help="Longest completion.")
+    temperature: float = option(1.0, help="Rollout sampling temperature.")
+    use_vllm: bool = option(
+        False, help="Rollouts on vLLM (TRL colocate mode; GPU only).", flags=("--use-vllm",)
+    )
     learning_rate: float = 1e-6
-    batch_size: int = 8  # completions per device per step (GRPO, RLOO); prompts (online DPO)
-    use_vllm: bool = False
+    batch_size: int = option(
+        8,
+        help="grpo/rloo: completions per device per step (a multiple of the group);"
+        " online-dpo: prompts per step.",
+    )
+    # GRPO and RLOO bound a rollout by --max-new-tokens alone.
+    max_length: int | None = option(
+        None, help=f"online-dpo: longest prompt + answer (default {ONLINE_DPO_MAX_LENGTH})."
+    )
 
     def __post_init__(self):
-        super().__post_init__()
         if self.algo not in ALGORITHMS:
             raise UserError(f"--algo {self.algo}: choose one of {', '.join(ALGORITHMS)}")
-        if self.reward is None:
-            self.reward = "model" if self.reward_model else "judge"
-        if self.reward == "model" and not self.reward_model:
-            raise UserError("--reward model needs --reward-model DIR (from `rlaif train-rm`)")
-        if self.reward != "model" and self.reward_model:
-            raise UserError(f"--reward {self.reward} and --reward-model: choose one reward")
-        if self.reward not in ("judge", "model") and ":" not in self.reward:
+        if self.algo == "online-dpo" and self.max_length is None:
+            self.max_length = ONLINE_DPO_MAX_LENGTH
+        if self.algo != "online-dpo" and self.max_length is not None:
             raise UserError(
-                f"--reward {self.reward}: 'judge', 'model' (with --reward-model) or"
-                " 'module:function'"
+                f"--max-length applies to --algo online-dpo; {self.algo} bounds rollouts by"
+                " --max-new-tokens"
+            )
+        super().__post_init__()
+        reward_kind(self.reward)  # a bad --reward fails here, before any work
+        if self.judge_engine not in JUDGE_ENGINES:
+            raise UserError(
+                f"--judge-engine {self.judge_engine}: choose one of"
+                f" {', '.join(JUDGE_ENGINES)} (the judge runs in the training process)"
             )
         if self.kl_coef < 0 or self.temperature <= 0 or self.max_new_tokens < 1:
             raise UserError("--kl-coef >= 0, --temperature > 0, --max-new-tokens >= 1")
@@ -78,14 +133,20 @@ class RLConfig(TrainingSettings):
                     f" {self.num_generations} (each prompt's group is in one batch)"
                 )
 
+    @property
+    def reward_kind(self) -> str:
+        return reward_kind(self.reward)
+
 
 def make_reward(cfg: RLConfig):
     from rlaif import rewards
 
-    if cfg.reward == "model":
-        return rewards.RewardModelReward(cfg.reward_model)
-    if cfg.reward == "judge":
-        return rewards.JudgeReward(cfg.judge_model, cfg.constitution, cfg.seed, cfg.judge_engine)
+    if cfg.reward_kind == "model":
+        return rewards.RewardModelReward(cfg.reward)
+    if cfg.reward_kind == "judge":
+        # The judge shares the machine with the trainer: a third of a GPU's memory for vLLM.
+        engine = EngineSettings(engine=cfg.judge_engine, gpu_memory_utilization=0.3)
+        return rewards.JudgeReward(cfg.judge_model, cfg.constitution, cfg.seed, engine)
     return rewards.import_reward(cfg.reward)
 
 
@@ -142,10 +203,10 @@ def run(cfg: RLConfig) -> dict:
     records = parse_prompt_records(cfg.prompts, raw)
     if not records:
         raise UserError(f"{cfg.prompts}: no prompts")
-    if cfg.reward == "model":
-        from rlaif.score import check_reward_model_folder
+    if cfg.reward_kind == "model":
+        from rlaif.reward_model import check_reward_model_folder
 
-        check_reward_model_folder(cfg.reward_model)
+        check_reward_model_folder(cfg.reward)
     policy = resolve_model(cfg.model)
     reference = resolve_model(cfg.ref_model) if cfg.ref_model else None
 
@@ -155,46 +216,36 @@ def run(cfg: RLConfig) -> dict:
     reward = make_reward(cfg)
     model, tokenizer = load_causal_lm(policy.path, cfg.trust_remote_code)
     tokenizer.padding_side = "left"  # generation pads on the left
-    run_dir = CheckpointRun.open(
-        cfg.output_dir,
-        run_fingerprint(
-            cfg,
-            {"prompts": input_sha, "reward": _reward_identity(cfg)},
-            policy.source_sha256,
-        ),
-        cfg.force,
-    )
-    args = trainer_args(config_cls, cfg, run_dir.work, **_algo_args(cfg))
     dataset = Dataset.from_list([{"prompt": r.messages} for r in records])
-    trainer_kwargs = {
-        "model": model,
-        "reward_funcs": [reward],
-        "args": args,
-        "train_dataset": dataset,
-        "processing_class": tokenizer,
-        "peft_config": lora_config(cfg, "CAUSAL_LM"),
-    }
-    if cfg.algo == "online-dpo":
+
+    def build_trainer(args, peft_config):
+        kwargs = {
+            "model": model,
+            "reward_funcs": [reward],
+            "args": args,
+            "train_dataset": dataset,
+            "processing_class": tokenizer,
+            "peft_config": peft_config,
+        }
+        if cfg.algo != "online-dpo":
+            return _with_reference(trainer_cls, kwargs, model, reference)
         if reference is not None:
-            trainer_kwargs["ref_model"], _ = load_causal_lm(reference.path, cfg.trust_remote_code)
-        trainer = trainer_cls(**trainer_kwargs)
-    else:
-        trainer = _with_reference(trainer_cls, trainer_kwargs, model, reference)
-    models = {"policy": policy, **({"reference": reference} if reference else {})}
-    return train_and_publish(
-        trainer,
-        run_dir,
+            kwargs["ref_model"], _ = load_causal_lm(reference.path, cfg.trust_remote_code)
+        return trainer_cls(**kwargs)
+
+    return run_training(
+        cfg,
         stage="rl",
-        cfg=cfg,
+        inputs={"prompts": InputFile(cfg.prompts, input_sha), "reward": _reward_identity(cfg)},
+        models={"policy": policy, **({"reference": reference} if reference else {})},
+        trl_config=config_cls,
+        trl_args=_algo_args(cfg),
+        lora_task="CAUSAL_LM",
+        build_trainer=build_trainer,
+        counts=lambda trainer: {"prompts": len(records)},
         tokenizer=tokenizer,
-        inputs={
-            "prompts": {"path": cfg.prompts, "sha256": input_sha},
-            "reward": _reward_identity(cfg),
-        },
-        models=models,
-        counts={"prompts": len(records)},
         curve_keys=_curve_keys(cfg.algo),
-        title=f"{cfg.algo} against the {cfg.reward} reward (KL coefficient {cfg.kl_coef})",
+        title=f"{cfg.algo} against the {cfg.reward_kind} reward (KL coefficient {cfg.kl_coef})",
         started=started,
         constitution=getattr(reward, "constitution", None),
     )
@@ -202,7 +253,11 @@ def run(cfg: RLConfig) -> dict:
 
 def _with_reference(trainer_cls, kwargs: dict, model, reference):
     """GRPO and RLOO build their reference model from the policy's own path; to use another
-    one, point the policy's config at it while the trainer is built, then restore it."""
+    one, point the policy's config at it while the trainer is built, then restore it.
+
+    TRL 1.16 internal touched: the trainers read `model.config._name_or_path` (through
+    `get_config_model_id`) and take no reference model of their own.
+    """
     if reference is None:
         return trainer_cls(**kwargs)
     own = model.config._name_or_path
@@ -214,12 +269,12 @@ def _with_reference(trainer_cls, kwargs: dict, model, reference):
 
 
 def _reward_identity(cfg: RLConfig) -> dict:
-    if cfg.reward == "model":
+    if cfg.reward_kind == "model":
         from rlaif.files import folder_digest
 
-        digest = folder_digest(cfg.reward_model)
-        return {"kind": "model", "path": cfg.reward_model, "folder_digest": digest}
-    if cfg.reward == "judge":
+        digest = folder_digest(cfg.reward)
+        return {"kind": "model", "path": cfg.reward, "folder_digest": digest}
+    if cfg.reward_kind == "judge":
         return {"kind": "judge", "judge_model": cfg.judge_model, "constitution": cfg.constitution}
     return {"kind": "python", "function": cfg.reward}
 

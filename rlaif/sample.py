@@ -6,49 +6,56 @@ As in Constitutional AI, the pairs a preference model learns from can come from 
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 
-from rlaif.engines import EngineSettings, Sampling, make_engine, resolve_engine_name
+from rlaif.engines import Sampling
 from rlaif.errors import UserError
-from rlaif.files import read_jsonl
-from rlaif.generate import derived_seed
-from rlaif.manifest import build_manifest
-from rlaif.models import EMBEDDED_ALIAS, resolve_model_for
+from rlaif.models import EMBEDDED_ALIAS
+from rlaif.options import option
 from rlaif.records import parse_prompt_records
-from rlaif.stage import publish, run_in_chunks, settings_fingerprint
+from rlaif.seeds import derived_seed
+from rlaif.stage import RecordStage, ShardedRecordSettings, TokenCounter
 
 
-@dataclass
-class SampleConfig:
-    prompts: str
-    output: str
-    model: str = EMBEDDED_ALIAS
-    n: int = 2  # responses per prompt; each consecutive two make one pair
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    seed: int = 0
-    chunk_size: int = 256
-    force: bool = False
-    engine: EngineSettings = field(default_factory=EngineSettings)
+@dataclass(kw_only=True)
+class SampleConfig(ShardedRecordSettings):
+    """Sample responses per prompt, written as pairs (a prompt and two responses) for labelling.
+
+    Examples:
+
+      rlaif sample examples/prompts.jsonl -o pairs.jsonl --n 2
+
+      rlaif sample prompts.jsonl -o pairs.jsonl -m ./sft-model --n 4 --temperature 0.9
+
+      rlaif sample prompts.jsonl -o pairs-1.jsonl --shard 1/2
+    """
+
+    prompts: str = option(help="JSONL of prompts, as for generate ('-': stdin).", argument=True)
+    model: str = option(
+        EMBEDDED_ALIAS, help="Policy: HF folder, hub id, .gguf or alias.", flags=("-m", "--model")
+    )
+    # responses per prompt; each consecutive two make one pair
+    n: int = option(2, help="Responses per prompt (even; written as pairs).", flags=("--n",))
+    temperature: float = option(1.0, help="Sampling temperature (> 0).")
+    top_p: float = option(0.95, help="Nucleus sampling mass.")
+    max_new_tokens: int = option(256, help="Longest response.")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.n < 2 or self.n % 2:
             raise UserError(f"--n {self.n}: an even number >= 2 (responses are written as pairs)")
         if self.temperature <= 0:
             raise UserError(f"--temperature {self.temperature}: must be > 0 to sample")
-        if not 0 < self.top_p <= 1 or self.max_new_tokens < 1 or self.chunk_size < 1:
-            raise UserError("--top-p in (0, 1]; --max-new-tokens and --chunk-size >= 1")
+        if not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+            raise UserError("--top-p in (0, 1]; --max-new-tokens >= 1")
 
 
-def sample_chunk(chunk, engine, cfg: SampleConfig, tokens: dict, advance) -> list[dict]:
+def sample_chunk(chunk, engine, cfg: SampleConfig, tokens: TokenCounter, advance) -> list[dict]:
     chats = [r.messages for r in chunk for _ in range(cfg.n)]
     seeds = [derived_seed(cfg.seed, "sample", r.id, k) for r in chunk for k in range(cfg.n)]
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
     outs = engine.generate(chats, sampling, seeds)
-    tokens["prompt_tokens"] += sum(o.prompt_tokens for o in outs)
-    tokens["completion_tokens"] += sum(o.completion_tokens for o in outs)
+    tokens.add_completions("", outs)  # one model: plain token counts
     advance(len(chunk))
     rows = []
     for i, record in enumerate(chunk):
@@ -61,9 +68,13 @@ def pairs_of(row: dict) -> list[dict]:
     """The `responses` pair rows for `rlaif label` from one prompt's samples."""
     samples = row["samples"]
     n_pairs = len(samples) // 2
+    if n_pairs == 1:
+        return [{"id": row["id"], "prompt": row["prompt"], "responses": samples}]
+    # `prompt_id` says which prompt (and so which shard) a pair comes from.
     return [
         {
-            "id": row["id"] if n_pairs == 1 else f"{row['id']}:{k}",
+            "id": f"{row['id']}:{k}",
+            "prompt_id": row["id"],
             "prompt": row["prompt"],
             "responses": samples[2 * k : 2 * k + 2],
         }
@@ -72,56 +83,32 @@ def pairs_of(row: dict) -> list[dict]:
 
 
 def run(cfg: SampleConfig) -> dict:
-    started = time.time()
-    rows, input_sha = read_jsonl(cfg.prompts)
-    records = parse_prompt_records(cfg.prompts, rows)
-    engine_name = resolve_engine_name(cfg.engine.engine)
-    model = resolve_model_for(cfg.model, engine_name)
-    settings = replace(cfg.engine, engine=engine_name)
-    fingerprint = settings_fingerprint(
-        cfg,
-        "prompts",
-        engine=asdict(settings),
-        input_sha256=input_sha,
-        model_sha256=model.source_sha256,
-    )
-    tokens = {"prompt_tokens": 0, "completion_tokens": 0}
-    engine = None
-
-    def process(chunk, advance):
-        nonlocal engine
-        if engine is None:
-            engine = make_engine(model.path, settings, cfg.seed)
-        return sample_chunk(chunk, engine, cfg, tokens, advance)
-
-    result = run_in_chunks(
-        output=cfg.output,
-        fingerprint=fingerprint,
-        force=cfg.force,
-        records=records,
-        chunk_size=cfg.chunk_size,
-        steps_per_record=1,
-        process_chunk=process,
-        description="sample",
-    )
-    pair_rows = [pair for row in result.rows for pair in pairs_of(row)]
-    identical = sum(p["responses"][0] == p["responses"][1] for p in pair_rows)
-    manifest = build_manifest(
+    with RecordStage(
         "sample",
         cfg,
-        inputs={"prompts": {"path": cfg.prompts, "sha256": input_sha}},
-        models={"policy": model.describe(), "engine": engine_name},
-        constitution=None,
-        counts={
-            "prompts": len(result.rows),
-            "pairs": len(pair_rows),
-            "resumed": result.resumed,
-            "identical_pairs": identical,
-        },
-        tokens=tokens,
-        started=started,
-    )
-    publish(cfg.output, pair_rows, manifest)
-    if engine is not None:
-        engine.close()
-    return manifest
+        input_field="prompts",
+        parse=parse_prompt_records,
+        models={"policy": cfg.model},
+    ) as stage:
+
+        def process(chunk, advance):
+            return sample_chunk(chunk, stage.engine("policy"), cfg, stage.tokens, advance)
+
+        result = stage.run_chunks(stage.records, process)
+        pair_rows, lines = [], []
+        for record, row in zip(stage.records, result.rows, strict=True):
+            pairs = pairs_of(row)
+            pair_rows += pairs
+            lines += [record.line] * len(pairs)
+        identical = sum(p["responses"][0] == p["responses"][1] for p in pair_rows)
+        return stage.publish(
+            pair_rows,
+            counts={
+                "prompts": len(result.rows),
+                "pairs": len(pair_rows),
+                "records": len(pair_rows),  # rows written, as in every record stage
+                "resumed": result.resumed,
+                "identical_pairs": identical,
+            },
+            input_lines=lines,
+        )

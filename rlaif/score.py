@@ -1,4 +1,4 @@
-"""Reward-model scoring and evaluation: `rlaif score` and `rlaif eval rm`."""
+"""`rlaif score` and `rlaif eval rm`: a reward model's rewards, accuracy and calibration."""
 
 from __future__ import annotations
 
@@ -7,70 +7,18 @@ import time
 from dataclasses import dataclass
 
 from rlaif.diagnostics import wilson_interval
-from rlaif.errors import UserError, at
+from rlaif.errors import at
 from rlaif.files import read_jsonl
 from rlaif.manifest import build_manifest
+from rlaif.options import option, output_option
 from rlaif.pairs import parse_pair_records
 from rlaif.preferences import is_labelled_row
 from rlaif.records import parse_prompt_records
+from rlaif.reward_model import RewardModel, check_reward_model_folder
 from rlaif.stage import publish
 
-
-class RewardModel:
-    """A saved reward model (any `AutoModelForSequenceClassification` folder) that scores chats."""
-
-    def __init__(self, path: str, batch_size: int = 8):
-        check_reward_model_folder(path)
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.path = path
-        self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
-        self.model.eval()
-        if self.model.config.num_labels != 1:
-            raise UserError(
-                f"{path}: a reward model has one output; this one has"
-                f" {self.model.config.num_labels}"
-            )
-
-    def score(self, chats: list[list[dict]]) -> list[float]:
-        import torch
-
-        ids = [self._ids(c) for c in chats]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        rewards = [0.0] * len(ids)
-        pad = self.tokenizer.pad_token_id
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            width = max(len(ids[i]) for i in batch)
-            # Right padding: the model pools the rightmost non-pad token, as in training.
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                mask[row, : len(ids[i])] = 1
-            with torch.no_grad():
-                logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, 0]
-            for row, i in enumerate(batch):
-                rewards[i] = logits[row].item()
-        return rewards
-
-    def _ids(self, chat: list[dict]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(chat, tokenize=True)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
-
-def check_reward_model_folder(path: str) -> None:
-    """Fail with one line, before any work, when `--rm` is not a saved model folder."""
-    from pathlib import Path
-
-    if not (Path(path) / "config.json").is_file():
-        raise UserError(
-            f"--rm {path}: not a reward-model folder (no config.json);"
-            " pass the -o folder of `rlaif train-rm`"
-        )
+RM_HELP = "Reward model folder (from train-rm)."
+BATCH_HELP = "Sequences per forward pass."
 
 
 def sigmoid(x: float) -> float:
@@ -138,12 +86,20 @@ def format_rm_report(report: dict) -> str:
     )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalRMConfig:
-    rm: str
-    pairs: str
-    plot: str | None = None
-    batch_size: int = 8
+    """Reward-model accuracy against reference labels (95% CI) and its calibration (ECE).
+
+    Examples:
+
+      rlaif eval rm --rm rm ../shared/data/hh-harmless-dev.jsonl --plot reliability.png
+    """
+
+    pairs: str = option(help="Pairs with a reference preference (HH-RLHF too).", argument=True)
+    rm: str = option(help=RM_HELP, flags=("--rm",))
+    plot: str | None = option(None, help="Write a reliability diagram (PNG) here.")
+    json_out: str | None = option(None, help="Write the report as JSON.", flags=("--json",))
+    batch_size: int = option(8, help=BATCH_HELP)
 
 
 def evaluate_rm(cfg: EvalRMConfig) -> dict:
@@ -169,15 +125,29 @@ def evaluate_rm(cfg: EvalRMConfig) -> dict:
         from rlaif.plots import plot_reliability
 
         plot_reliability(report["bins"], cfg.plot, "reward model calibration")
+    print(format_rm_report(report))
+    if cfg.json_out:
+        from rlaif.files import write_json
+
+        write_json(cfg.json_out, report)
     return report
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ScoreConfig:
-    rm: str
-    input: str
-    output: str
-    batch_size: int = 8
+    """Add the reward model's reward to each response.
+
+    Rows with one `response` get `reward`; pairs (`responses`, chosen/rejected) get `rewards`.
+
+    Examples:
+
+      rlaif score --rm rm pairs.jsonl -o scored.jsonl
+    """
+
+    input: str = option(help="JSONL: prompt with response(s), or pairs.", argument=True)
+    rm: str = option(help=RM_HELP, flags=("--rm",))
+    output: str = output_option()
+    batch_size: int = option(8, help=BATCH_HELP)
 
 
 def score_file(cfg: ScoreConfig) -> dict:

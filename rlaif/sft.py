@@ -14,23 +14,37 @@ from dataclasses import dataclass
 from rlaif.errors import UserError, at
 from rlaif.files import read_jsonl
 from rlaif.models import resolve_model
+from rlaif.options import option
 from rlaif.records import parse_messages
-from rlaif.training import (
-    CheckpointRun,
-    TrainingSettings,
-    load_causal_lm,
-    lora_config,
-    run_fingerprint,
-    train_and_publish,
-    trainer_args,
-)
+from rlaif.training import InputFile, TrainingSettings, load_causal_lm, run_training
 
 
 @dataclass(kw_only=True)
 class SFTConfig(TrainingSettings):
-    data: str
+    """Supervised fine-tuning on revisions (SL-CAI), with TRL's SFTTrainer.
+
+    Trains on each row's last assistant turn given the turns before it. Writes a normal Hugging
+    Face folder (AutoModelForCausalLM; LoRA merged) with metrics.json, curves.png and
+    manifest.json; resumes from DIR.partial after a crash. Data parallel as for train-rm.
+
+    Examples:
+
+      rlaif sft revisions.jsonl -o sft-model --epochs 2
+
+      rlaif sft chats.jsonl -o sft-model -m HuggingFaceTB/SmolLM2-360M-Instruct --lora
+    """
+
+    data: str = option(
+        help="Chat JSONL with 'messages' ending in the answer: `rlaif generate` output"
+        " (prompt + final revision) or any such file.",
+        argument=True,
+    )
+    completion_only_loss: bool = option(True, help="Loss on the answer only, not on the prompt.")
     learning_rate: float = 2e-5
-    completion_only_loss: bool = True  # loss on the answer only, not on the prompt
+    batch_size: int = option(8, help="Conversations per device per step.")
+    max_length: int = option(
+        1024, help="Longest conversation in tokens; longer ones are truncated."
+    )
 
 
 def prompt_completion_rows(path: str, rows: list[tuple[int, dict]]) -> list[dict]:
@@ -69,45 +83,42 @@ def run(cfg: SFTConfig) -> dict:
     model, tokenizer = load_causal_lm(resolved.path, cfg.trust_remote_code)
     # SFTTrainer cuts the end of long conversations (the answer); count them, don't hide it.
     truncated = sum(n > cfg.max_length for n in conversation_lengths(rows, tokenizer))
-    run_dir = CheckpointRun.open(
-        cfg.output_dir,
-        run_fingerprint(cfg, {"data": input_sha}, resolved.source_sha256),
-        cfg.force,
-    )
-    args = trainer_args(
-        TRLSFTConfig,
-        cfg,
-        run_dir.work,
-        max_length=cfg.max_length,
-        completion_only_loss=cfg.completion_only_loss,
-        packing=False,
-    )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg, "CAUSAL_LM"),
-    )
-    if len(trainer.train_dataset) == 0:
-        raise UserError(
-            f"{cfg.data}: every conversation's prompt fills --max-length {cfg.max_length},"
-            " leaving no answer tokens to train on; raise --max-length"
+
+    def build_trainer(args, peft_config):
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=peft_config,
         )
-    return train_and_publish(
-        trainer,
-        run_dir,
+        if len(trainer.train_dataset) == 0:
+            raise UserError(
+                f"{cfg.data}: every conversation's prompt fills --max-length {cfg.max_length},"
+                " leaving no answer tokens to train on; raise --max-length"
+            )
+        return trainer
+
+    return run_training(
+        cfg,
         stage="sft",
-        cfg=cfg,
-        tokenizer=tokenizer,
-        inputs={"data": {"path": cfg.data, "sha256": input_sha}},
+        inputs={"data": InputFile(cfg.data, input_sha)},
         models={"base": resolved},
-        counts={
+        trl_config=TRLSFTConfig,
+        trl_args={
+            "max_length": cfg.max_length,
+            "completion_only_loss": cfg.completion_only_loss,
+            "packing": False,
+        },
+        lora_task="CAUSAL_LM",
+        build_trainer=build_trainer,
+        counts=lambda trainer: {
             "conversations": len(rows),
             "truncated": truncated,
             # TRL drops conversations whose answer is cut off entirely (prompt >= max_length).
             "dropped_too_long": len(rows) - len(trainer.train_dataset),
         },
+        tokenizer=tokenizer,
         curve_keys=["loss", "mean_token_accuracy"],
         title="supervised fine-tuning on revisions",
         started=started,

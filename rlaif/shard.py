@@ -71,9 +71,9 @@ def select(records: Sequence[R], shard: Shard | None) -> list[R]:
     return [r for r in records if shard.owns(r.id)]
 
 
-def manifest_fields(shard: Shard | None, records: Sequence) -> dict:
+def manifest_fields(shard: Shard | None, input_lines: Sequence[int]) -> dict:
     """What a shard adds to its manifest, for `rlaif merge`: which shard it is, and each output
     row's input line, so the merged rows can be put back in input order without the input."""
     if shard is None:
         return {}
-    return {"shard": shard.describe(), "input_lines": [r.line for r in records]}
+    return {"shard": shard.describe(), "input_lines": list(input_lines)}

@@ -1,13 +1,61 @@
-"""What every record-by-record stage shares: resumable chunks, a progress bar, atomic output."""
+"""The skeleton of every record-by-record stage (generate, sample, label, eval winrate).
+
+    with RecordStage("label", cfg, input_field="pairs", parse=parse_pair_records,
+                     models={"judge": cfg.judge_model}, constitution=cfg.constitution) as stage:
+        result = stage.run_chunks(stage.records, process, steps_per_record=1)
+        return stage.publish(result.rows, counts={...})
+
+`RecordStage` reads and parses the input (and takes this shard's share of it), loads the
+constitution, resolves the models for the engine, fingerprints the settings, builds each engine
+the first time a chunk needs it (a resumed run with nothing left loads none) and closes them all
+when the block ends, however it ends. `run_chunks` saves each finished chunk so a crash loses at
+most one; `publish` writes the manifest and then the output, atomically.
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
-from rlaif.files import STDIO, PartialRun, manifest_path, write_jsonl
-from rlaif.manifest import write_manifest
+from rlaif.engines import EngineSettings
+from rlaif.errors import UserError
+from rlaif.files import STDIO, PartialRun, manifest_path, read_jsonl, write_jsonl
+from rlaif.manifest import build_manifest, write_manifest
+from rlaif.options import group, option, output_option
+from rlaif.shard import Shard, parse_shard
+
+
+@dataclass(kw_only=True)
+class RecordSettings:
+    """The options every record stage shares: where its output goes, seeds, chunks, engine."""
+
+    output: str = output_option()
+    seed: int = option(0, help="Seed for principle sampling and generation.")
+    # the engine sees every record of a chunk at once; also the resume granularity
+    chunk_size: int = option(256, help="Records processed together and saved per step of progress.")
+    force: bool = option(
+        False, help="Discard an interrupted run with other settings.", flags=("--force",)
+    )
+    engine: EngineSettings = group(EngineSettings)
+
+    def __post_init__(self):
+        if self.chunk_size < 1:
+            raise UserError(f"--chunk-size {self.chunk_size}: must be at least 1")
+
+
+@dataclass(kw_only=True)
+class ShardedRecordSettings(RecordSettings):
+    """A record stage whose shards `rlaif merge` can join."""
+
+    # this machine's share of the records (--shard I/N)
+    shard: Shard | None = option(
+        None,
+        help="Do only shard I of N (e.g. 2/4), chosen by record id; join them with `rlaif merge`.",
+        parse=parse_shard,
+    )
 
 
 def settings_fingerprint(cfg, input_field: str, **resolved) -> dict:
@@ -73,3 +121,168 @@ def publish(output: str, rows: list[dict], manifest: dict) -> None:
     write_manifest(manifest_path(output), manifest)
     write_jsonl(output, rows)
     PartialRun.discard(output)
+
+
+class TokenCounter:
+    """Tokens the engines read and wrote, by role (`judge_prompt_tokens`, ...; a stage with one
+    model may leave the role out: `prompt_tokens`), for the manifest."""
+
+    def __init__(self):
+        self.tokens: dict[str, int] = {}
+
+    def add(self, role: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        for kind, n in (("prompt", prompt_tokens), ("completion", completion_tokens)):
+            key = f"{role}_{kind}_tokens" if role else f"{kind}_tokens"
+            self.tokens[key] = self.tokens.get(key, 0) + n
+
+    def add_completions(self, role: str, completions) -> None:
+        for c in completions:
+            self.add(role, c.prompt_tokens, c.completion_tokens)
+
+
+class RecordStage:
+    """One run of a record stage; use it as a context manager so its engines are closed.
+
+    `models` maps each role to a model spec (None: the first role's model, e.g. a policy that
+    judges itself); one engine is built per distinct model. `cfg` must have `engine`, `seed`,
+    `chunk_size`, `force`, `output` and, for `--shard`, `shard`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        cfg,
+        *,
+        input_field: str,
+        parse: Callable[[str, list], list],
+        models: dict[str, str | None],
+        constitution: str | None = None,
+    ):
+        from rlaif.constitution import load_constitution, resolve_constitution_path
+        from rlaif.engines import resolve_engine_name
+        from rlaif.models import resolve_model_for
+
+        self.started = time.time()
+        self.name, self.cfg, self.input_field = name, cfg, input_field
+        self.input_path = getattr(cfg, input_field)
+        rows, self.input_sha = read_jsonl(self.input_path)
+        self.parsed = parse(self.input_path, rows)  # the whole input
+        self.shard = getattr(cfg, "shard", None)
+        from rlaif.shard import select
+
+        self.records = select(self.parsed, self.shard)  # this shard's share
+        if self.shard:
+            print(
+                f"shard {self.shard}: {len(self.records)} of {len(self.parsed)} records",
+                file=sys.stderr,
+            )
+        self.constitution = (
+            load_constitution(resolve_constitution_path(constitution)) if constitution else None
+        )
+        self.engine_name = resolve_engine_name(cfg.engine.engine)
+        self.settings = replace(cfg.engine, engine=self.engine_name)
+        first = next(iter(models.values()))
+        self.models = {
+            role: resolve_model_for(spec or first, self.engine_name)
+            for role, spec in models.items()
+        }
+        self.tokens = TokenCounter()
+        self._engines: dict[str, object] = {}
+
+    def fingerprint(self, **extra) -> dict:
+        return settings_fingerprint(
+            self.cfg,
+            self.input_field,
+            engine=asdict(self.settings),
+            input_sha256=self.input_sha,
+            constitution_sha256=self.constitution.sha256 if self.constitution else None,
+            **{f"{role}_model_sha256": m.source_sha256 for role, m in self.models.items()},
+            **extra,
+        )
+
+    def engine(self, role: str, share: float | None = None):
+        """The engine of `role`'s model, built on first use. `share`: the fraction of the
+        accelerator it may take (default: split between the stage's distinct models)."""
+        from rlaif.engines import make_engine
+        from rlaif.errors import UserError
+
+        model = self.models[role]
+        if model.path not in self._engines:
+            distinct = len({m.path for m in self.models.values()})
+            share = share or 1.0 / distinct
+            engine = make_engine(model.path, self.settings, self.cfg.seed, share)
+            self._engines[model.path] = engine
+            served = [getattr(e, "model_id", None) for e in self._engines.values()]
+            if len(served) > 1 and len(set(served)) < len(served):
+                # One server answering two model names with its single model would, e.g.,
+                # make the policy judge itself without anyone asking for it.
+                raise UserError(
+                    f"two of {', '.join(self.models)} reach the server's one model"
+                    f" {engine.model_id!r}; serve each model under its own name"
+                )
+        return self._engines[model.path]
+
+    def close_engines(self) -> None:
+        engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            engine.close()
+
+    def __enter__(self) -> RecordStage:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close_engines()
+
+    def run_chunks(
+        self,
+        records: Sequence,
+        process_chunk: Callable[[list, Callable[[int], None]], list[dict]],
+        *,
+        steps_per_record: int = 1,
+        output: str | None = None,
+        description: str | None = None,
+        **fingerprint_extra,
+    ) -> ChunkedRun:
+        """`run_in_chunks` with this run's fingerprint, into `output` (default: the stage's)."""
+        return run_in_chunks(
+            output=output or self.cfg.output,
+            fingerprint=self.fingerprint(**fingerprint_extra),
+            force=self.cfg.force,
+            records=records,
+            chunk_size=self.cfg.chunk_size,
+            steps_per_record=steps_per_record,
+            process_chunk=process_chunk,
+            description=description or self.name,
+        )
+
+    def manifest(self, *, counts: dict, input_lines: list[int] | None = None, **extra) -> dict:
+        """The run's manifest; `input_lines` (each output row's input line) make a shard's
+        output mergeable."""
+        from rlaif.shard import manifest_fields
+
+        shard_fields = manifest_fields(self.shard, input_lines or [])
+        return build_manifest(
+            self.name,
+            self.cfg,
+            inputs={self.input_field: {"path": self.input_path, "sha256": self.input_sha}},
+            models={
+                **{role: m.describe() for role, m in self.models.items()},
+                "engine": self.engine_name,
+            },
+            constitution=self.constitution,
+            counts=counts,
+            tokens=self.tokens.tokens,
+            started=self.started,
+            extra={**extra, **shard_fields},
+        )
+
+    def publish(self, rows: list[dict], **manifest_args) -> dict:
+        manifest = self.manifest(**manifest_args)
+        publish(self.cfg.output, rows, manifest)
+        return manifest
+
+
+def work_dir(output: str) -> Path:
+    """`OUT.work/`: a stage's intermediate files (e.g. eval winrate's answers), kept until the
+    run finishes so a rerun resumes."""
+    return Path(output).with_name(Path(output).name + ".work")

@@ -22,35 +22,42 @@ from dataclasses import dataclass
 from rlaif.errors import UserError
 from rlaif.files import read_jsonl
 from rlaif.models import resolve_model
-from rlaif.preferences import preference_rows
-from rlaif.training import (
-    CheckpointRun,
-    TrainingSettings,
-    lora_config,
-    run_fingerprint,
-    train_and_publish,
-    trainer_args,
-)
-
-LABEL_MODES = ("hard", "soft", "filter")
+from rlaif.options import option
+from rlaif.preferences import LabelModeSettings, collator_with_label_p, preference_rows
+from rlaif.training import InputFile, TrainingSettings, run_training
 
 
 @dataclass(kw_only=True)
-class TrainRMConfig(TrainingSettings):
-    prefs: str
-    label_mode: str = "soft"
-    min_confidence: float = 0.1
-    eval_fraction: float = 0.1
-    group_by_length: bool = True  # batches of similar length: less padding, same samples
+class TrainRMConfig(TrainingSettings, LabelModeSettings):
+    """Train a reward model on preference labels (TRL RewardTrainer).
+
+    Writes a normal Hugging Face folder (AutoModelForSequenceClassification), with
+    metrics.json, curves.png and manifest.json. Checkpoints go to DIR.partial; an interrupted
+    run resumes from the last one. Data parallel: --num-processes N, or on GPUs
+    `accelerate launch --config_file examples/accelerate/CONFIG.yaml -m rlaif train-rm ...`.
+
+    Examples:
+
+      rlaif train-rm prefs.jsonl -o rm --label-mode soft --epochs 1
+
+      rlaif train-rm hh.jsonl -o rm --label-mode hard --lora --max-steps 200
+    """
+
+    prefs: str = option(
+        help="Preference JSONL: `rlaif label` output, TRL chosen/rejected rows or HH-RLHF.",
+        argument=True,
+    )
+    eval_fraction: float = option(0.1, help="Seeded share of pairs held out.")
+    # batches of similar length: less padding, same samples
+    group_by_length: bool = option(True, help="Batch pairs of similar length (less padding).")
+    batch_size: int = option(8, help="Pairs per device per step.")
+    max_length: int = option(
+        1024, help="Longest prompt + response in tokens; longer pairs are dropped."
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        if self.label_mode not in LABEL_MODES:
-            raise UserError(
-                f"--label-mode {self.label_mode}: choose one of {', '.join(LABEL_MODES)}"
-            )
-        if not 0 <= self.min_confidence <= 0.5:
-            raise UserError(f"--min-confidence {self.min_confidence}: must be in [0, 0.5]")
+        self.check_label_mode()
         if not 0 <= self.eval_fraction < 1:
             raise UserError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
 
@@ -64,27 +71,13 @@ def soft_bradley_terry_loss(rewards_chosen, rewards_rejected, p):
 
 
 def _trainer_class():
-    """RewardTrainer that keeps a precomputed `length` column for length-grouped batches and,
-    when a batch carries `label_p`, trains with the soft-label loss; metrics are TRL's own."""
-    from dataclasses import dataclass as dc
-
+    """RewardTrainer that, when a batch carries `label_p`, trains with the soft-label loss
+    (through the public `compute_loss` hook); metrics are TRL's own."""
     import torch
     from trl import RewardTrainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
-    @dc
-    class LabelledCollator(DataCollatorForPreference):
-        def torch_call(self, examples):
-            batch = super().torch_call(examples)
-            if "label_p" in examples[0]:
-                batch["label_p"] = torch.tensor([e["label_p"] for e in examples], dtype=torch.float)
-            return batch
-
     class RLAIFRewardTrainer(RewardTrainer):
-        def _set_signature_columns_if_needed(self):
-            if self._signature_columns is None:
-                self._signature_columns = ["chosen_ids", "rejected_ids", "label_p", "length"]
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             p = inputs.pop("label_p", None)
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
@@ -93,15 +86,7 @@ def _trainer_class():
                 loss = soft_bradley_terry_loss(chosen, rejected, p.to(loss.dtype))
             return (loss, outputs) if return_outputs else loss
 
-    return RLAIFRewardTrainer, LabelledCollator
-
-
-def select_rows(rows: list[dict], cfg: TrainRMConfig) -> tuple[list[dict], int]:
-    """Rows the label mode trains on, and how many `filter` dropped."""
-    if cfg.label_mode != "filter":
-        return rows, 0
-    kept = [r for r in rows if abs(r["p"] - 0.5) >= cfg.min_confidence]
-    return kept, len(rows) - len(kept)
+    return RLAIFRewardTrainer, collator_with_label_p(DataCollatorForPreference)
 
 
 def split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
@@ -162,7 +147,7 @@ def _to_dataset(rows: list[dict], lengths: list[int], soft: bool):
 def run(cfg: TrainRMConfig) -> dict:
     started = time.time()
     raw, input_sha = read_jsonl(cfg.prefs)
-    rows, dropped_low_confidence = select_rows(preference_rows(cfg.prefs, raw), cfg)
+    rows, dropped_low_confidence = cfg.rows_to_train(preference_rows(cfg.prefs, raw))
     if len(rows) < 2:
         raise UserError(f"{cfg.prefs}: {len(rows)} usable pairs; need at least 2 to train")
     train_rows, eval_rows = split(rows, cfg.eval_fraction, cfg.seed)
@@ -175,45 +160,42 @@ def run(cfg: TrainRMConfig) -> dict:
     eval_lengths = pair_lengths(eval_rows, tokenizer)
     # TRL drops pairs longer than max_length rather than truncating them; count them.
     too_long = sum(n > cfg.max_length for n in train_lengths + eval_lengths)
-    run_dir = CheckpointRun.open(
-        cfg.output_dir,
-        run_fingerprint(cfg, {"prefs": input_sha}, resolved.source_sha256),
-        cfg.force,
-    )
-    args = trainer_args(
-        RewardConfig,
-        cfg,
-        run_dir.work,
-        max_length=cfg.max_length,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        eval_strategy="no",  # evaluated once, after training, not twice
-    )
-    soft = cfg.label_mode == "soft"
     trainer_cls, collator_cls = _trainer_class()
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=_to_dataset(train_rows, train_lengths, soft),
-        eval_dataset=_to_dataset(eval_rows, eval_lengths, soft) if eval_rows else None,
-        processing_class=tokenizer,
-        data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id),
-        peft_config=lora_config(cfg, "SEQ_CLS"),
-    )
-    manifest = train_and_publish(
-        trainer,
-        run_dir,
+
+    def build_trainer(args, peft_config):
+        return trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=_to_dataset(train_rows, train_lengths, cfg.soft),
+            eval_dataset=_to_dataset(eval_rows, eval_lengths, cfg.soft) if eval_rows else None,
+            processing_class=tokenizer,
+            data_collator=collator_cls(pad_token_id=tokenizer.pad_token_id),
+            peft_config=peft_config,
+        )
+
+    manifest = run_training(
+        cfg,
         stage="train-rm",
-        cfg=cfg,
-        tokenizer=tokenizer,
-        inputs={"prefs": {"path": cfg.prefs, "sha256": input_sha}},
+        inputs={"prefs": InputFile(cfg.prefs, input_sha)},
         models={"base": resolved},
-        counts={
+        trl_config=RewardConfig,
+        trl_args={
+            "max_length": cfg.max_length,
+            "train_sampling_strategy": "group_by_length" if cfg.group_by_length else "random",
+            "eval_strategy": "no",  # evaluated once, after training, not twice
+            # keeps `label_p` for the collator and `length` for length-grouped batches
+            "remove_unused_columns": False,
+        },
+        lora_task="SEQ_CLS",
+        build_trainer=build_trainer,
+        counts=lambda trainer: {
             "pairs": len(rows) + dropped_low_confidence,
             "train": len(train_rows),
             "eval": len(eval_rows),
             "dropped_low_confidence": dropped_low_confidence,
             "dropped_too_long": too_long,
         },
+        tokenizer=tokenizer,
         curve_keys=["loss", "accuracy"],
         title=f"reward model ({cfg.label_mode} labels)",
         started=started,

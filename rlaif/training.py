@@ -1,6 +1,8 @@
 """What every training stage (train-rm, sft, dpo, rl) shares around its TRL trainer.
 
 - `TrainingSettings`: the options all of them take (model, LoRA, schedule, checkpoints, seed).
+- `run_training`: the one training run: checkpoint folder, TRL arguments, LoRA, resume,
+  training and publishing; a stage supplies its data, models and trainer.
 - Resumable runs: checkpoints live in `DIR.partial/` next to a fingerprint of the settings and
   inputs; a rerun with the same settings resumes from the newest complete checkpoint, other
   settings are refused unless `--force`.
@@ -16,6 +18,7 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,36 +27,58 @@ from rlaif.errors import UserError
 from rlaif.files import write_json, write_jsonl
 from rlaif.manifest import build_manifest
 from rlaif.models import EMBEDDED_ALIAS, ResolvedModel
+from rlaif.options import option
+from rlaif.outputs import resume_or_refuse
 
 SETTINGS_FILE = "rlaif-settings.json"
 
 
 @dataclass(kw_only=True)
 class TrainingSettings:
-    output_dir: str
-    model: str = EMBEDDED_ALIAS
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    epochs: float = 1.0
-    max_steps: int = -1
-    learning_rate: float = 1e-5
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_length: int = 1024
-    save_steps: int = 50
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    force: bool = False
-    trust_remote_code: bool = False
+    """The options every training stage shares: model, LoRA, schedule, checkpoints, seed."""
+
+    output_dir: str = option(help="Folder for the trained model.", flags=("-o", "--output-dir"))
+    model: str = option(
+        EMBEDDED_ALIAS,
+        help="Starting model: HF folder, hub id, .gguf or alias.",
+        flags=("-m", "--model"),
+    )
+    lora: bool = option(False, help="Train LoRA adapters (merged at the end).", flags=("--lora",))
+    lora_r: int = option(16, help="LoRA rank.")
+    lora_alpha: int = option(32, help="LoRA alpha.")
+    epochs: float = option(1.0, help="Passes over the training data.")
+    max_steps: int = option(-1, help="Stop after this many steps (-1: epochs).")
+    learning_rate: float = option(
+        1e-5, help="Peak learning rate.", flags=("--lr", "--learning-rate")
+    )
+    batch_size: int = option(8, help="Examples per device per step.")
+    gradient_accumulation_steps: int = option(1, help="Steps per optimiser update.")
+    max_length: int = option(1024, help="Longest example in tokens.")
+    save_steps: int = option(50, help="Checkpoint every this many steps.")
+    gradient_checkpointing: bool = option(
+        False, help="Trade compute for memory.", flags=("--gradient-checkpointing",)
+    )
+    num_processes: int = option(
+        1, help="Data-parallel processes (runs itself under torch.distributed)."
+    )
+    seed: int = option(0, help="Seed for data order, initialisation and sampling.")
+    force: bool = option(
+        False, help="Discard an interrupted run with other settings.", flags=("--force",)
+    )
+    trust_remote_code: bool = option(
+        False, help="Run model code from the hub (off: safer).", flags=("--trust-remote-code",)
+    )
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.gradient_accumulation_steps < 1 or self.max_length < 8:
+        too_short = self.max_length is not None and self.max_length < 8
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1 or too_short:
             raise UserError(
                 "--batch-size and --gradient-accumulation-steps >= 1, --max-length >= 8"
             )
         if self.learning_rate <= 0:
             raise UserError(f"--learning-rate {self.learning_rate}: must be > 0")
+        if self.num_processes < 1:
+            raise UserError(f"--num-processes {self.num_processes}: must be at least 1")
 
 
 def trainer_args(config_cls, cfg: TrainingSettings, work: Path, **stage_args):
@@ -110,7 +135,8 @@ def load_causal_lm(path: str, trust_remote_code: bool = False):
 
 def run_fingerprint(cfg: TrainingSettings, inputs: dict[str, str], model_sha: str | None) -> dict:
     """What must match for a checkpoint to be resumed: settings that shape training, inputs."""
-    ignored = {"output_dir", "force", "save_steps"}
+    # How many processes share the work changes nothing a checkpoint holds.
+    ignored = {"output_dir", "force", "save_steps", "num_processes"}
     settings = {k: v for k, v in asdict(cfg).items() if k not in ignored}
     return {**settings, "inputs": inputs, "model_sha256": model_sha}
 
@@ -147,18 +173,19 @@ def prepare_checkpoint_dir(work: Path, fingerprint: dict, force: bool) -> Path |
     settings_file = work / SETTINGS_FILE
     if int(os.environ.get("RANK", "0")) != 0:
         return _wait_for_main_process(work, fingerprint)
-    if work.exists():
-        same = settings_file.exists() and json.loads(settings_file.read_text()) == fingerprint
-        if not same:
-            if not force:
-                raise UserError(
-                    f"{work}: an interrupted run with other settings exists; rerun with the same"
-                    " settings to resume, or add --force to start over"
-                )
-            shutil.rmtree(work)
+    recorded = _read_settings(settings_file)
+    if work.exists() and not resume_or_refuse(work, recorded, fingerprint, force):
+        shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     write_json(settings_file, fingerprint)
     return last_complete_checkpoint(work)
+
+
+def _read_settings(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing or unreadable: settings that match nothing
 
 
 def _wait_for_main_process(work: Path, fingerprint: dict, timeout_s: float = 600) -> Path | None:
@@ -166,7 +193,7 @@ def _wait_for_main_process(work: Path, fingerprint: dict, timeout_s: float = 600
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         # The file is written atomically, so whatever is there is whole.
-        if settings_file.exists() and json.loads(settings_file.read_text()) == fingerprint:
+        if _read_settings(settings_file) == fingerprint:
             return _newest_complete(work)
         time.sleep(0.2)
     raise UserError(f"{work}: the main process did not prepare it in {timeout_s:.0f} s")
@@ -193,6 +220,63 @@ def replace_dir(staging: Path, target: Path) -> None:
         os.rename(target, old)
     os.rename(staging, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class InputFile:
+    path: str
+    sha256: str
+
+
+def run_training(
+    cfg: TrainingSettings,
+    *,
+    stage: str,
+    inputs: dict[str, InputFile | dict],
+    models: dict[str, ResolvedModel],
+    trl_config: type,
+    trl_args: dict,
+    lora_task: str,
+    build_trainer: Callable[[Any, Any], Any],
+    counts: Callable[[Any], dict[str, int]],
+    tokenizer,
+    curve_keys: list[str],
+    title: str,
+    started: float,
+    constitution=None,
+    evaluate: bool = False,
+) -> dict:
+    """Train and publish a model; returns the manifest ({} on processes other than the main).
+
+    `inputs`: each input file (or, for other inputs such as rl's reward, a dict that says
+    what it is), part of what a checkpoint must match to be resumed, with the settings and
+    the first model. `build_trainer(trl_args, peft_config)` makes the TRL trainer;
+    `counts(trainer)` the data counts for the manifest.
+    """
+    identities = {name: i.sha256 if isinstance(i, InputFile) else i for name, i in inputs.items()}
+    identities |= {f"{role}_sha256": m.source_sha256 for role, m in list(models.items())[1:]}
+    first_model = next(iter(models.values()))
+    run = CheckpointRun.open(
+        cfg.output_dir, run_fingerprint(cfg, identities, first_model.source_sha256), cfg.force
+    )
+    trainer = build_trainer(
+        trainer_args(trl_config, cfg, run.work, **trl_args), lora_config(cfg, lora_task)
+    )
+    return train_and_publish(
+        trainer,
+        run,
+        stage=stage,
+        cfg=cfg,
+        tokenizer=tokenizer,
+        inputs={name: asdict(i) if isinstance(i, InputFile) else i for name, i in inputs.items()},
+        models=models,
+        counts=counts(trainer),
+        curve_keys=curve_keys,
+        title=title,
+        started=started,
+        constitution=constitution,
+        evaluate=evaluate,
+    )
 
 
 def train_and_publish(

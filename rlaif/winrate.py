@@ -15,49 +15,77 @@ too. With `--rm`, each side's mean reward from a reward model is added.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import statistics
 import sys
-import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 
-from rlaif.diagnostics import Judgement, wilson_interval
-from rlaif.engines import EngineSettings, Sampling, make_engine, resolve_engine_name
+from rlaif.constitution import constitution_option
+from rlaif.diagnostics import Judgement, judge_diagnostics, wilson_interval
+from rlaif.engines import EngineSettings, Sampling
 from rlaif.errors import UserError
-from rlaif.files import manifest_path, read_jsonl, write_json, write_jsonl
-from rlaif.generate import derived_seed
-from rlaif.label import LabelConfig
-from rlaif.label import run as label_run
-from rlaif.manifest import build_manifest
-from rlaif.models import EMBEDDED_ALIAS, resolve_model
+from rlaif.judging import JudgingSettings, judge_chunk
+from rlaif.models import EMBEDDED_ALIAS
+from rlaif.options import group, option, output_option
+from rlaif.pairs import PairRecord
 from rlaif.records import parse_prompt_records
-from rlaif.stage import publish, run_in_chunks, settings_fingerprint
+from rlaif.seeds import derived_seed
+from rlaif.stage import RecordSettings, RecordStage, work_dir
 
 OUTCOMES = ("win", "tie", "loss")
+LOCAL_ENGINE_OPTIONS = (
+    "engine",
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "batch_size",
+    "trust_remote_code",
+    "dtype",
+)
 
 
-@dataclass
-class WinrateConfig:
-    prompts: str
-    output: str
-    policy: str
-    baseline: str = EMBEDDED_ALIAS
-    judge_model: str = EMBEDDED_ALIAS
-    constitution: str = "harmless"
-    principles_per_pair: str = "1"
-    reward_model: str | None = None
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # greedy by default: the comparison then has no sampling noise
-    top_p: float = 1.0
-    seed: int = 0
-    chunk_size: int = 256
-    force: bool = False
-    engine: EngineSettings = field(default_factory=EngineSettings)
+@dataclass(kw_only=True)
+class WinrateConfig(RecordSettings):
+    """Win rate of a policy against a baseline, judged against the constitution.
+
+    Both models answer each prompt with the same settings and seeds; the judge compares each
+    pair in both orders. A win must hold in both orders; a verdict that flips with the order
+    is a tie. Prints win/tie/loss with 95% intervals; the rows (answers, verdicts) go to -o
+    and the report to its manifest.
+
+    Examples:
+
+      rlaif eval winrate examples/prompts.jsonl --policy dpo-model -o winrate.jsonl
+
+      rlaif eval winrate prompts.jsonl --policy rl-model --baseline sft-model --rm rm -o wr.jsonl
+    """
+
+    prompts: str = option(help="JSONL of prompts, as for generate.", argument=True)
+    output: str = output_option("JSONL of compared answers and verdicts.")
+    policy: str = option(help="The model under test: HF folder (e.g. from dpo/rl), hub id, alias.")
+    baseline: str = option(
+        EMBEDDED_ALIAS, help="The model to beat (default: the embedded starting model)."
+    )
+    judge_model: str = option(EMBEDDED_ALIAS, help="Judge: HF folder, hub id, .gguf or alias.")
+    constitution: str = constitution_option()
+    judging: JudgingSettings = group(JudgingSettings, only=("principles_per_pair",))
+    reward_model: str | None = option(
+        None, help="Also report each side's mean reward.", flags=("--rm",)
+    )
+    max_new_tokens: int = option(128, help="Longest answer.")
+    # greedy by default: the comparison then has no sampling noise
+    temperature: float = option(0.0, help="Sampling temperature for both models (0: greedy).")
+    top_p: float = option(1.0, help="Nucleus sampling mass.")
+    # One server answers with one model; the policy, baseline and judge run here.
+    engine: EngineSettings = group(
+        EngineSettings,
+        only=LOCAL_ENGINE_OPTIONS,
+        help={"engine": "Inference engine: auto (vLLM if installed), vllm or hf."},
+    )
 
     def __post_init__(self):
+        super().__post_init__()
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
             raise UserError("--temperature >= 0, --top-p in (0, 1], --max-new-tokens >= 1")
         if self.output == "-":
@@ -169,162 +197,99 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _answer(cfg: WinrateConfig, model, settings, records, output: Path, name: str) -> list[str]:
-    """Each prompt's answer from one model, resumable; the same seed per prompt for both."""
+def _answer(stage: RecordStage, role: str) -> list[str]:
+    """Each prompt's answer from one model, resumable in OUT.work/; the same seed per prompt
+    for both models."""
+    cfg = stage.cfg
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-    engine = None
 
     def process(chunk, advance):
-        nonlocal engine
-        if engine is None:
-            engine = make_engine(model.path, settings, cfg.seed)
         seeds = [derived_seed(cfg.seed, "winrate", r.id) for r in chunk]
-        outs = engine.generate([r.messages for r in chunk], sampling, seeds)
+        # The models answer one after the other, so each may take the whole accelerator.
+        outs = stage.engine(role, share=1.0).generate([r.messages for r in chunk], sampling, seeds)
+        stage.tokens.add_completions(role, outs)
         advance(len(chunk))
         return [{"id": r.id, "text": o.text} for r, o in zip(chunk, outs, strict=True)]
 
-    fingerprint = {
-        "model_sha256": model.source_sha256,
-        "model": model.spec,
-        "sampling": asdict(sampling),
-        "seed": cfg.seed,
-    }
-    if output.exists():  # finished before an interruption later in the run
-        return [row["text"] for _, row in read_jsonl(str(output))[0]]
-    result = run_in_chunks(
-        output=str(output),
-        fingerprint=fingerprint,
-        force=cfg.force,
-        records=records,
-        chunk_size=cfg.chunk_size,
-        steps_per_record=1,
-        process_chunk=process,
-        description=f"answer ({name})",
+    output = str(work_dir(cfg.output) / f"{role}.jsonl")
+    result = stage.run_chunks(
+        stage.records, process, output=output, description=f"answer ({role})", phase=role
     )
-    publish(str(output), result.rows, {"stage": "winrate-answers", "fingerprint": fingerprint})
-    if engine is not None:
-        engine.close()
+    stage.close_engines()
     return [row["text"] for row in result.rows]
 
 
-def run(cfg: WinrateConfig) -> dict:
-    started = time.time()
-    rows, input_sha = read_jsonl(cfg.prompts)
-    records = parse_prompt_records(cfg.prompts, rows)
-    if cfg.reward_model:
-        from rlaif.score import check_reward_model_folder
+def _judge(stage: RecordStage, pairs: list[PairRecord]) -> dict[str, dict]:
+    cfg = stage.cfg
 
-        check_reward_model_folder(cfg.reward_model)  # before minutes of generation
-    engine_name = resolve_engine_name(cfg.engine.engine)
-    if engine_name == "openai":
-        # One server answers with one model; two models behind one URL cannot be told apart.
+    def process(chunk, advance):
+        judge = stage.engine("judge", share=1.0)
+        return judge_chunk(
+            chunk, judge, cfg.judging, cfg.seed, stage.constitution, stage.tokens, advance
+        )
+
+    output = str(work_dir(cfg.output) / "labels.jsonl")
+    result = stage.run_chunks(pairs, process, output=output, description="judge", phase="judge")
+    stage.close_engines()
+    return {row["id"]: row for row in result.rows}
+
+
+def run(cfg: WinrateConfig) -> dict:
+    if cfg.engine.engine == "openai":
         raise UserError(
             "eval winrate runs both models here (--engine vllm or hf); --engine openai is for"
             " generate, sample and label"
         )
-    settings = replace(cfg.engine, engine=engine_name)
-    policy, baseline = resolve_model(cfg.policy), resolve_model(cfg.baseline)
-    work = _work_dir(cfg, input_sha, policy, baseline)
-
-    answers = {
-        name: _answer(cfg, model, settings, records, work / f"{name}.jsonl", name)
-        for name, model in (("policy", policy), ("baseline", baseline))
-    }
-    pairs = [
-        {"id": r.id, "prompt": r.messages, "responses": [a, b]}
-        for r, a, b in zip(records, answers["policy"], answers["baseline"], strict=True)
-    ]
-    judged = [p for p in pairs if p["responses"][0].strip() != p["responses"][1].strip()]
-    labelled: dict[str, dict] = {}
-    label_manifest = None
-    if judged:
-        if not (work / "pairs.jsonl").exists():
-            write_jsonl(str(work / "pairs.jsonl"), judged)
-        label_cfg = LabelConfig(
-            pairs=str(work / "pairs.jsonl"),
-            output=str(work / "labels.jsonl"),
-            constitution=cfg.constitution,
-            judge_model=cfg.judge_model,
-            principles_per_pair=cfg.principles_per_pair,
-            seed=cfg.seed,
-            chunk_size=cfg.chunk_size,
-            force=cfg.force,
-            engine=settings,
-        )
-        if Path(label_cfg.output).exists():  # labelled before an interruption
-            label_manifest = json.loads(Path(manifest_path(label_cfg.output)).read_text())
-        else:
-            label_manifest = label_run(label_cfg)
-        labelled = {row["id"]: row for _, row in read_jsonl(label_cfg.output)[0]}
-
-    out_rows = []
-    for pair in pairs:
-        row = labelled.get(pair["id"])
-        base = {
-            "id": pair["id"],
-            "prompt": pair["prompt"],
-            "policy_response": pair["responses"][0],
-            "baseline_response": pair["responses"][1],
-        }
-        if row is None:  # identical answers: nothing to judge
-            out_rows.append({**base, "p": 0.5, "identical": True, "judgements": []})
-        else:
-            out_rows.append({**base, "p": row["p"], "identical": False, **_verdicts(row)})
-    for row in out_rows:
-        row["outcome"] = outcome(row)
-
-    rewards = None
     if cfg.reward_model:
-        rewards = _score_rewards(cfg.reward_model, out_rows)
-    report = winrate_report(out_rows, rewards)
-    manifest = build_manifest(
+        from rlaif.reward_model import check_reward_model_folder
+
+        check_reward_model_folder(cfg.reward_model)  # before minutes of generation
+    with RecordStage(
         "eval-winrate",
         cfg,
-        inputs={"prompts": {"path": cfg.prompts, "sha256": input_sha}},
-        models={
-            "policy": policy.describe(),
-            "baseline": baseline.describe(),
-            "judge": (label_manifest or {}).get("models", {}).get("judge"),
-            "engine": engine_name,
-        },
-        constitution=None,
-        counts={"prompts": len(out_rows), "judged": len(judged)},
-        tokens=(label_manifest or {}).get("tokens", {}),
-        started=started,
-        extra={
-            "report": report,
-            "constitution": (label_manifest or {}).get("constitution"),
-            "judge_diagnostics": (label_manifest or {}).get("diagnostics"),
-        },
-    )
-    publish(cfg.output, out_rows, manifest)
-    shutil.rmtree(work, ignore_errors=True)
+        input_field="prompts",
+        parse=parse_prompt_records,
+        models={"policy": cfg.policy, "baseline": cfg.baseline, "judge": cfg.judge_model},
+        constitution=cfg.constitution,
+    ) as stage:
+        records = stage.records
+        answers = {role: _answer(stage, role) for role in ("policy", "baseline")}
+        pairs = [
+            PairRecord(r.id, r.messages, (a, b), None, "winrate", r.line)
+            for r, a, b in zip(records, answers["policy"], answers["baseline"], strict=True)
+        ]
+        judged = [p for p in pairs if p.responses[0].strip() != p.responses[1].strip()]
+        labelled = _judge(stage, judged) if judged else {}
+
+        out_rows = []
+        for pair in pairs:
+            row = labelled.get(pair.id)
+            base = {
+                "id": pair.id,
+                "prompt": pair.prompt,
+                "policy_response": pair.responses[0],
+                "baseline_response": pair.responses[1],
+            }
+            if row is None:  # identical answers: nothing to judge
+                out_rows.append({**base, "p": 0.5, "identical": True, "judgements": []})
+            else:
+                out_rows.append({**base, "p": row["p"], "identical": False, **_verdicts(row)})
+        for row in out_rows:
+            row["outcome"] = outcome(row)
+
+        rewards = None
+        if cfg.reward_model:
+            rewards = _score_rewards(cfg.reward_model, out_rows)
+        report = winrate_report(out_rows, rewards)
+        manifest = stage.publish(
+            out_rows,
+            counts={"prompts": len(out_rows), "judged": len(judged)},
+            report=report,
+            judge_diagnostics=judge_diagnostics(list(labelled.values())) if labelled else None,
+        )
+    shutil.rmtree(work_dir(cfg.output), ignore_errors=True)
     print(format_report(report), file=sys.stderr)
     return manifest
-
-
-def _work_dir(cfg: WinrateConfig, input_sha: str, policy, baseline) -> Path:
-    """`OUT.work/`: answers and labels of this run, kept until it finishes so that a rerun
-    with the same settings resumes; other settings are refused unless --force."""
-    work = Path(cfg.output).with_name(Path(cfg.output).name + ".work")
-    fingerprint = {
-        **settings_fingerprint(cfg, "prompts"),
-        "input_sha256": input_sha,
-        "policy_sha256": policy.source_sha256,
-        "baseline_sha256": baseline.source_sha256,
-    }
-    settings_file = work / "settings.json"
-    if work.exists():
-        if not settings_file.exists() or json.loads(settings_file.read_text()) != fingerprint:
-            if not cfg.force:
-                raise UserError(
-                    f"{work}: an interrupted run with other settings exists; rerun with the"
-                    " same settings to resume, or add --force to start over"
-                )
-            shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    write_json(settings_file, fingerprint)
-    return work
 
 
 def _verdicts(label_row: dict) -> dict:
@@ -332,7 +297,7 @@ def _verdicts(label_row: dict) -> dict:
 
 
 def _score_rewards(path: str, rows: list[dict]) -> dict:
-    from rlaif.score import RewardModel
+    from rlaif.reward_model import RewardModel
 
     model = RewardModel(path)
     chats = [

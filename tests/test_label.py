@@ -12,7 +12,9 @@ from conftest import DATA
 from rlaif import label
 from rlaif.engines import EngineSettings
 from rlaif.engines.base import Completion, OptionScores
+from rlaif.judging import JudgingSettings, combine_orders, judge_chunk
 from rlaif.pairs import PairRecord
+from rlaif.stage import TokenCounter
 
 HH = DATA / "hh-harmless-64.jsonl"
 
@@ -46,20 +48,21 @@ def record(responses, reference=0, rid="r1"):
 
 
 def judge_one(rec, judge, **cfg):
-    config = label.LabelConfig(pairs="-", output="-", seed=cfg.pop("seed", 0), **cfg)
+    seed = cfg.pop("seed", 0)
+    config = JudgingSettings(**cfg)
     from rlaif.constitution import load_constitution, resolve_constitution_path
 
     constitution = load_constitution(resolve_constitution_path("harmless"))
-    [row] = label.judge_chunk([rec], judge, config, constitution, label._Counter(), lambda n: None)
+    [row] = judge_chunk([rec], judge, config, seed, constitution, TokenCounter(), lambda n: None)
     return row
 
 
 def test_combining_orders_by_hand():
     # Shown (a, b): P(A) = 0.9 -> P(a) = 0.9. Shown (b, a): P(A) = 0.6 -> P(a) = 1 - 0.6 = 0.4.
-    p_ab, p_ba, p = label.combine_orders(0.9, 0.6)
+    p_ab, p_ba, p = combine_orders(0.9, 0.6)
     assert (p_ab, p_ba) == (0.9, pytest.approx(0.4)) and p == pytest.approx(0.65)
-    assert label.combine_orders(None, 0.6)[2] == pytest.approx(0.4)  # one order abstained
-    assert label.combine_orders(None, None)[2] == 0.5
+    assert combine_orders(None, 0.6)[2] == pytest.approx(0.4)  # one order abstained
+    assert combine_orders(None, None)[2] == 0.5
 
 
 def test_swapped_pair_gets_the_complementary_label():
@@ -242,15 +245,15 @@ def test_cot_and_generate_methods_on_the_real_judge(engine_by_name):
     judge = engine_by_name("hf")
     constitution = load_constitution(resolve_constitution_path("harmless"))
     records = first_hh_pairs(3)
-    cot = label.LabelConfig(pairs="-", output="-", cot=True, max_new_tokens=24)
-    rows = label.judge_chunk(records, judge, cot, constitution, label._Counter(), lambda n: None)
+    cot = JudgingSettings(cot=True, max_new_tokens=24)
+    rows = judge_chunk(records, judge, cot, 0, constitution, TokenCounter(), lambda n: None)
     for row in rows:
         [j] = row["judgements"]
         assert 0.4 <= j["p_ab"] <= 0.6 and 0.4 <= j["p_ba"] <= 0.6
         assert j["rationale_ab"] and j["rationale_ba"]
-    generated = label.LabelConfig(pairs="-", output="-", method="generate", max_new_tokens=8)
-    counter = label._Counter()
-    rows = label.judge_chunk(records, judge, generated, constitution, counter, lambda n: None)
+    generated = JudgingSettings(method="generate", max_new_tokens=8)
+    counter = TokenCounter()
+    rows = judge_chunk(records, judge, generated, 0, constitution, counter, lambda n: None)
     for row in rows:
         [j] = row["judgements"]
         for p in (j["p_ab"], j["p_ba"]):

@@ -70,11 +70,15 @@ def test_settings_are_checked():
         rl.RLConfig(prompts="-", output_dir="x", algo="ppo")
     with pytest.raises(UserError, match="multiple of --num-generations"):
         rl.RLConfig(prompts="-", output_dir="x", batch_size=6, num_generations=4)
-    with pytest.raises(UserError, match="choose one reward"):
-        rl.RLConfig(prompts="-", output_dir="x", reward="judge", reward_model="rm")
-    with pytest.raises(UserError, match="needs --reward-model"):
-        rl.RLConfig(prompts="-", output_dir="x", reward="model")
-    assert rl.RLConfig(prompts="-", output_dir="x", reward_model="rm").reward == "model"
+    with pytest.raises(UserError, match="a reward-model folder"):
+        rl.RLConfig(prompts="-", output_dir="x", reward="no-such-folder")
+    assert rl.RLConfig(prompts="-", output_dir=".", reward=".").reward_kind == "model"
+    assert rl.RLConfig(prompts="-", output_dir="x", reward="m:f").reward_kind == "python"
+    assert rl.RLConfig(prompts="-", output_dir="x").reward_kind == "judge"
+    with pytest.raises(UserError, match="--judge-engine openai"):
+        rl.RLConfig(prompts="-", output_dir="x", judge_engine="openai")
+    with pytest.raises(UserError, match="--max-length applies to --algo online-dpo"):
+        rl.RLConfig(prompts="-", output_dir="x", max_length=512)
     with pytest.raises(UserError, match="cannot import"):
         rewards.import_reward("no_such_module:f")
 
@@ -133,7 +137,7 @@ def test_rloo_against_a_reward_model_runs_and_reloads(tmp_path, home_with_model)
         )
     )
     out, manifest = rl_run(
-        tmp_path, algo="rloo", reward_model=str(rm), max_steps=2, batch_size=4, num_generations=2
+        tmp_path, algo="rloo", reward=str(rm), max_steps=2, batch_size=4, num_generations=2
     )
     assert manifest["counts"]["steps"] == 2 and manifest["inputs"]["reward"]["kind"] == "model"
     assert all("kl" in e for e in log(out) if "reward" in e)

@@ -421,3 +421,28 @@ def test_another_shard_does_not_resume_a_partial_run(tmp_path):
     second = LabelConfig(pairs="p", output=out, shard=Shard(2, 2))
     with pytest.raises(UserError, match=r"changed: shard\)"):
         PartialRun(out, settings_fingerprint(second, "pairs"), force=False)
+
+
+def test_sample_shards_merge_to_one_run(tmp_path, home_with_model):
+    """`--n 4` writes two pairs per prompt (ids `ID:0`, `ID:1`); both go to the prompt's shard."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(PROMPTS.read_text().splitlines(True)[:3]))
+    common = ("--n", "4", "--max-new-tokens", "8", "--seed", "3", *HF)
+    ok("sample", str(prompts), "-o", str(tmp_path / "whole.jsonl"), *common)
+    for i in (1, 2):
+        ok(
+            "sample",
+            str(prompts),
+            "-o",
+            str(tmp_path / f"part-{i}.jsonl"),
+            *common,
+            "--shard",
+            f"{i}/2",
+        )
+    parts = [str(tmp_path / f"part-{i}.jsonl") for i in (2, 1)]
+    ok("merge", *parts, "-o", str(tmp_path / "m.jsonl"))
+    whole = jsonl(tmp_path / "whole.jsonl")
+    assert len(whole) == 6 and jsonl(tmp_path / "m.jsonl") == whole
+    one = json.loads((tmp_path / "whole.jsonl.manifest.json").read_text())
+    joined = json.loads((tmp_path / "m.jsonl.manifest.json").read_text())
+    assert joined["counts"] == one["counts"] and joined["tokens"] == one["tokens"]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from rlaif.engines.base import Chat, Completion, Engine, OptionScores, Sampling
 from rlaif.errors import UserError
+from rlaif.options import option
 
 __all__ = [
     "Chat",
@@ -23,20 +24,40 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class EngineSettings:
-    engine: str = "auto"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.85
-    max_model_len: int = 4096
-    batch_size: int = 16  # transformers only; vLLM schedules its own batches
-    trust_remote_code: bool = False
+    """Where and how a model runs: the options of every stage that generates or judges."""
+
+    engine: str = option(
+        "auto",
+        help="Inference engine: auto (vLLM if installed), vllm, hf, or openai (a server at"
+        " --base-url).",
+    )
+    tensor_parallel_size: int = option(1, help="vLLM: GPUs to shard each model over.")
+    gpu_memory_utilization: float = option(
+        0.85, help="vLLM: fraction of GPU memory to use (split when two models)."
+    )
+    max_model_len: int = option(4096, help="vLLM: longest prompt + answer in tokens.")
+    # transformers only; vLLM schedules its own batches
+    batch_size: int = option(16, help="transformers engine: sequences per batch.")
+    trust_remote_code: bool = option(
+        False, help="Run model code from the hub (off: safer).", flags=("--trust-remote-code",)
+    )
     # "auto": float32 on a CPU (see the engines for why), the model's own dtype on a GPU.
-    dtype: str = "auto"
+    dtype: str = option(
+        "auto", help="Weights' dtype: auto (float32 on CPU), float32, bfloat16 or float16."
+    )
     # --engine openai: the server's API root (with /v1), where the model runs instead of here.
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"  # the variable's name, so no key lands in configs or logs
-    max_concurrency: int = 8  # requests in flight; the server batches them
-    request_timeout: float = 120.0  # seconds per request
-    max_retries: int = 5  # on rate limits, server errors, timeouts and dropped connections
+    base_url: str | None = option(
+        None, help="openai engine: the server's API root, e.g. http://127.0.0.1:8000/v1."
+    )
+    # the variable's name, so no key lands in configs or logs
+    api_key_env: str = option(
+        "OPENAI_API_KEY", help="openai engine: environment variable holding the API key."
+    )
+    # requests in flight; the server batches them
+    max_concurrency: int = option(8, help="openai engine: requests in flight.")
+    request_timeout: float = option(120.0, help="openai engine: seconds per request.")
+    # on rate limits, server errors, timeouts and dropped connections
+    max_retries: int = option(5, help="openai engine: retries on 429/5xx/timeouts, with backoff.")
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

@@ -5,17 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from rlaif.engines.base import (
-    Chat,
-    Completion,
-    OptionScores,
-    Sampling,
-    check_fits,
-    logsumexp,
-    option_token_ids,
-    per_chat,
-    render_prompt_ids,
-)
+from rlaif.engines import base
+from rlaif.engines.base import Chat, Completion, OptionScores, Sampling
 
 
 class HFEngine:
@@ -68,8 +59,8 @@ class HFEngine:
     ) -> list[Completion]:
         import torch
 
-        prompts = [render_prompt_ids(self.tokenizer, chat) for chat in chats]
-        check_fits(prompts, sampling.max_new_tokens, self.settings.max_model_len)
+        prompts = [base.render_prompt_ids(self.tokenizer, chat) for chat in chats]
+        base.check_fits(prompts, sampling.max_new_tokens, self.settings.max_model_len)
         results: list[Completion | None] = [None] * len(prompts)
         eos_ids = self._eos_ids()
         for batch in self._batches(prompts):
@@ -100,12 +91,13 @@ class HFEngine:
     ) -> list[OptionScores]:
         import torch
 
-        prefixes = per_chat(answer_prefix, len(chats))
+        prefixes = base.per_chat(answer_prefix, len(chats))
         prompts = [
-            render_prompt_ids(self.tokenizer, c, p) for c, p in zip(chats, prefixes, strict=True)
+            base.render_prompt_ids(self.tokenizer, c, p)
+            for c, p in zip(chats, prefixes, strict=True)
         ]
-        check_fits(prompts, 1, self.settings.max_model_len)
-        variants = [option_token_ids(self.tokenizer, o) for o in options]
+        base.check_fits(prompts, 1, self.settings.max_model_len)
+        variants = [base.option_token_ids(self.tokenizer, o) for o in options]
         results: list[OptionScores | None] = [None] * len(prompts)
         for batch in self._batches(prompts):
             ids, mask = self._left_padded([prompts[i] for i in batch])
@@ -115,7 +107,9 @@ class HFEngine:
                 logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
             logprobs = torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu()
             for row, i in enumerate(batch):
-                scores = [logsumexp([logprobs[row, t].item() for t in ids_]) for ids_ in variants]
+                scores = [
+                    base.logsumexp([logprobs[row, t].item() for t in ids_]) for ids_ in variants
+                ]
                 results[i] = OptionScores(scores, len(prompts[i]))
         return results  # type: ignore[return-value]
 

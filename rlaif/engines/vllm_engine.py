@@ -5,17 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from rlaif.engines.base import (
-    Chat,
-    Completion,
-    OptionScores,
-    Sampling,
-    check_fits,
-    logsumexp,
-    option_token_ids,
-    per_chat,
-    render_prompt_ids,
-)
+from rlaif.engines import base
+from rlaif.engines.base import Chat, Completion, OptionScores, Sampling
 
 # On a CPU, vLLM reserves `gpu_memory_utilization` of the machine's RAM unless the KV cache size
 # is given directly; 2 GiB holds far more than our batches need and leaves RAM for a trainer.
@@ -66,8 +57,8 @@ class VLLMEngine:
     ) -> list[Completion]:
         from vllm import SamplingParams
 
-        prompts = [{"prompt_token_ids": render_prompt_ids(self.tokenizer, c)} for c in chats]
-        check_fits(
+        prompts = [{"prompt_token_ids": base.render_prompt_ids(self.tokenizer, c)} for c in chats]
+        base.check_fits(
             [p["prompt_token_ids"] for p in prompts], sampling.max_new_tokens, self.max_model_len
         )
         params = [
@@ -94,22 +85,22 @@ class VLLMEngine:
     ) -> list[OptionScores]:
         from vllm import SamplingParams
 
-        variants = [option_token_ids(self.tokenizer, o) for o in options]
+        variants = [base.option_token_ids(self.tokenizer, o) for o in options]
         wanted = sorted({t for ids in variants for t in ids})
         # logprob_token_ids returns the exact full-vocabulary log-probs of just these ids in one
         # pass; top-k `logprobs` could miss a candidate and `allowed_token_ids` renormalises.
         params = SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=wanted)
-        prefixes = per_chat(answer_prefix, len(chats))
+        prefixes = base.per_chat(answer_prefix, len(chats))
         prompts = [
-            {"prompt_token_ids": render_prompt_ids(self.tokenizer, c, p)}
+            {"prompt_token_ids": base.render_prompt_ids(self.tokenizer, c, p)}
             for c, p in zip(chats, prefixes, strict=True)
         ]
-        check_fits([p["prompt_token_ids"] for p in prompts], 1, self.max_model_len)
+        base.check_fits([p["prompt_token_ids"] for p in prompts], 1, self.max_model_len)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         results = []
         for out in outputs:
             first = out.outputs[0].logprobs[0]
-            scores = [logsumexp([first[t].logprob for t in ids]) for ids in variants]
+            scores = [base.logsumexp([first[t].logprob for t in ids]) for ids in variants]
             results.append(OptionScores(scores, len(out.prompt_token_ids)))
         return results
 

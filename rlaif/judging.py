@@ -1,0 +1,221 @@
+"""Judging a pair against constitution principles, in both orders: the core of `rlaif label`,
+shared with `rlaif eval winrate`.
+
+For each pair, `principles_per_pair` principles are sampled; for each, the judge sees the pair
+as (A, B) and again swapped, and we read the next-token probabilities of the option letters
+(soft labels, as in Constitutional AI and RLAIF) instead of parsing generated text. Averaging
+the two orders cancels position bias; how often the two orders disagree is reported, so the
+user learns how far to trust the judge.
+
+Departures from the papers, named where they are made:
+- Probabilities are normalised over the two option letters (both papers do the same), summed
+  over the tokenizer's variants of each letter (`A`, ` A`).
+- With `--cot`, each order's probability is clamped into [clamp_low, clamp_high] (CAI used
+  40–60%, since chain-of-thought makes the judge overconfident).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from rlaif import prompts
+from rlaif.constitution import Constitution
+from rlaif.diagnostics import Judgement
+from rlaif.engines import Sampling
+from rlaif.errors import UserError
+from rlaif.options import option
+from rlaif.pairs import PairRecord
+from rlaif.seeds import derived_seed
+from rlaif.stage import TokenCounter
+
+METHODS = ("probabilities", "generate")
+
+
+@dataclass(frozen=True)
+class JudgingSettings:
+    """How the judge compares two responses (label, eval winrate)."""
+
+    principles_per_pair: str = option(
+        "1",
+        help="Principles sampled per pair (averaged), or 'all'.",
+        flags=("-k", "--principles-per-pair"),
+    )
+    method: str = option(
+        "probabilities",
+        help="probabilities: read the option letters' probabilities; generate: parse a"
+        " generated verdict (for engines without log-probabilities).",
+    )
+    cot: bool = option(
+        False, help="Generate a rationale first, then score the answer.", flags=("--cot",)
+    )
+    clamp_low: float = option(0.4, help="--cot: lowest probability kept.")
+    clamp_high: float = option(0.6, help="--cot: highest probability kept.")
+    max_new_tokens: int = option(
+        256, help="Longest rationale (--cot) or verdict (--method generate)."
+    )
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UserError(f"--method {self.method}: choose one of {', '.join(METHODS)}")
+        if self.principles_per_pair != "all":
+            try:
+                if int(self.principles_per_pair) < 1:
+                    raise ValueError
+            except ValueError:
+                raise UserError(
+                    f"--principles-per-pair {self.principles_per_pair}: a count >= 1, or 'all'"
+                ) from None
+        if not 0 <= self.clamp_low <= 0.5 <= self.clamp_high <= 1:
+            raise UserError(
+                f"--clamp-low/--clamp-high {self.clamp_low}/{self.clamp_high}:"
+                " need 0 <= low <= 0.5 <= high <= 1"
+            )
+        if self.max_new_tokens < 1:
+            raise UserError("--max-new-tokens must be at least 1")
+
+
+def sample_principles(constitution: Constitution, cfg: JudgingSettings, seed: int, record_id: str):
+    if cfg.principles_per_pair == "all":
+        return list(constitution.principles)
+    k = min(int(cfg.principles_per_pair), len(constitution.principles))
+    rng = random.Random(derived_seed(seed, "label-principles", record_id))
+    return rng.sample(constitution.principles, k)
+
+
+def presented_order(seed: int, record: PairRecord) -> tuple[tuple[str, str], int | None]:
+    """The pair in a seeded random order, and the reference's index in that order.
+
+    Inputs often list the preferred response first (chosen, rejected); keeping that order would
+    make the judge's position bias look like agreement in the label-balance figures.
+    """
+    swap = random.Random(derived_seed(seed, "label-order", record.id)).random() < 0.5
+    a, b = record.responses
+    reference = record.reference
+    if swap:
+        a, b = b, a
+        reference = None if reference is None else 1 - reference
+    return (a, b), reference
+
+
+def normalise(logprobs: list[float]) -> float:
+    """P(first option) from the two options' log-probabilities, renormalised over the pair."""
+    first, second = logprobs
+    top = max(first, second)
+    if top == -math.inf:
+        return 0.5
+    ea, eb = math.exp(first - top), math.exp(second - top)
+    return ea / (ea + eb)
+
+
+def combine_orders(p_first_in_ab: float | None, p_first_in_ba: float | None):
+    """P(responses[0] preferred) from both presentations.
+
+    In order (a, b) the judge's P(option A) is P(a preferred); in order (b, a) P(a preferred)
+    is its P(option B) = 1 − P(option A). Missing orders (abstentions) are left out.
+    """
+    p_ab = p_first_in_ab
+    p_ba = None if p_first_in_ba is None else 1.0 - p_first_in_ba
+    present = [p for p in (p_ab, p_ba) if p is not None]
+    return p_ab, p_ba, (sum(present) / len(present) if present else 0.5)
+
+
+def judge_chunk(
+    chunk, judge, cfg: JudgingSettings, seed: int, constitution, tokens: TokenCounter, advance
+) -> list[dict]:
+    """One labelled row per pair record of `chunk` (see the module's docstring)."""
+    # One entry per (record, principle, order): everything goes to the engine in one batch.
+    jobs = []
+    for record in chunk:
+        (a, b), reference = presented_order(seed, record)
+        for principle in sample_principles(constitution, cfg, seed, record.id):
+            for order, (first, second) in (("ab", (a, b)), ("ba", (b, a))):
+                chat = prompts.preference_chat(
+                    record.prompt, principle.preference, first, second, cot=cfg.cot
+                )
+                jobs.append((record, (a, b), reference, principle, order, chat))
+    chats = [job[-1] for job in jobs]
+    p_option_a, rationales, abstained = _p_option_a(chats, judge, cfg, tokens)
+    advance(len(chunk))
+
+    judgements: dict[str, dict] = {}
+    for i, (record, pair, reference, principle, order, _) in enumerate(jobs):
+        entry = judgements.setdefault(
+            record.id, {"pair": pair, "reference": reference, "record": record, "by_principle": {}}
+        )
+        by = entry["by_principle"].setdefault(principle.id, {})
+        by[order] = (p_option_a[i], rationales[i], abstained[i])
+    return [_row(entry, judge.model_id, cfg) for entry in judgements.values()]
+
+
+def _p_option_a(chats, judge, cfg: JudgingSettings, tokens: TokenCounter):
+    """For each chat, P(option A) (None for an abstention), the rationale, and abstention."""
+    n = len(chats)
+    rationales: list[str | None] = [None] * n
+    if cfg.method == "generate" or cfg.cot:
+        greedy = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+        outs = judge.generate(chats, greedy, [0] * n)
+        tokens.add_completions("judge", outs)
+        rationales = [o.text for o in outs]
+    if cfg.method == "generate":
+        verdicts = [prompts.parse_verdict(text) for text in rationales]
+        # An unparseable verdict is an abstention (p = 0.5, flagged), never a crash.
+        return (
+            [None if v is None else 1.0 - v for v in verdicts],
+            rationales,
+            [v is None for v in verdicts],
+        )
+    prefix = (
+        [prompts.cot_answer_prefix(r) for r in rationales]
+        if cfg.cot
+        else prompts.PREFERENCE_ANSWER_PREFIX
+    )
+    scores = judge.score_options(chats, prompts.PREFERENCE_OPTIONS, answer_prefix=prefix)
+    tokens.add("judge", prompt_tokens=sum(s.prompt_tokens for s in scores))
+    probs = [normalise(s.logprobs) for s in scores]
+    if cfg.cot:
+        probs = [min(max(p, cfg.clamp_low), cfg.clamp_high) for p in probs]
+    return probs, rationales, [False] * n
+
+
+def _row(entry: dict, judge_id: str, cfg: JudgingSettings) -> dict:
+    record: PairRecord = entry["record"]
+    a, b = entry["pair"]
+    judgements = []
+    for principle_id, orders in entry["by_principle"].items():
+        p_ab_raw, rationale_ab, abst_ab = orders["ab"]
+        p_ba_raw, rationale_ba, abst_ba = orders["ba"]
+        p_ab, p_ba, p = combine_orders(p_ab_raw, p_ba_raw)
+        verdict = Judgement(principle_id, p_ab, p_ba, abst_ab or abst_ba)
+        judgements.append(
+            {
+                "principle_id": principle_id,
+                "p_ab": p_ab,
+                "p_ba": p_ba,
+                "p": p,
+                "consistent": verdict.paired and verdict.consistent(),
+                "abstained": verdict.abstained,
+                "rationale_ab": rationale_ab,
+                "rationale_ba": rationale_ba,
+            }
+        )
+    p = sum(j["p"] for j in judgements) / len(judgements)  # ensemble over principles
+    first_wins = p >= 0.5
+    chosen, rejected = (a, b) if first_wins else (b, a)
+    return {
+        "id": record.id,
+        "prompt": record.prompt,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "p_chosen": p if first_wins else 1.0 - p,
+        "responses": [a, b],
+        "p": p,
+        "judgements": judgements,
+        "position_consistent": all(j["consistent"] for j in judgements),
+        "principle_ids": [j["principle_id"] for j in judgements],
+        "reference": entry["reference"],
+        "source": record.source,
+        "method": cfg.method + ("+cot" if cfg.cot else ""),
+        "judge_model": judge_id,
+    }
