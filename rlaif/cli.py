@@ -15,10 +15,11 @@ from typing import Annotated
 import typer
 
 from rlaif import dpo, generate, label, merge, rl, sample, score, sft, train_rm, winrate
-from rlaif.commands import run_cli, stage_command
+from rlaif.commands import OneLineErrors, run_cli, stage_command
 from rlaif.errors import UserError
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="RLAIF and Constitutional AI: generate → sft → sample → label → train-rm / dpo → rl.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -37,7 +38,7 @@ def _wrote(what: str):
     """The closing line of a stage that writes a JSONL file (none for stdout)."""
 
     def done(cfg, manifest: dict) -> str | None:
-        if cfg.output == "-":
+        if cfg.output == "-" or manifest.get("up_to_date"):
             return None
         count = manifest["counts"]["records"]
         return f"wrote {count} {what} to {cfg.output} ({manifest['wall_time_s']:.1f} s)"
@@ -47,7 +48,13 @@ def _wrote(what: str):
 
 def _trained(what: str):
     """The closing line of a training stage (only the main process of a data-parallel run)."""
-    return lambda cfg, m: f"wrote the {what} to {cfg.output_dir} ({m['wall_time_s']:.1f} s)"
+
+    def done(cfg, manifest: dict) -> str | None:
+        if manifest.get("up_to_date"):
+            return None
+        return f"wrote the {what} to {cfg.output_dir} ({manifest['wall_time_s']:.1f} s)"
+
+    return done
 
 
 def _merged(cfg, manifest: dict) -> str | None:
@@ -82,13 +89,10 @@ def eval_agreement(
     """
 
     def work():
-        from rlaif.diagnostics import format_diagnostics, judge_diagnostics
+        from rlaif.diagnostics import check_label_rows, format_diagnostics, judge_diagnostics
         from rlaif.files import read_jsonl
 
-        rows = [row for _, row in read_jsonl(file)[0]]
-        missing = [k for k in ("p", "responses", "judgements") if k not in rows[0]]
-        if missing:
-            raise UserError(f"{file}: not an `rlaif label` output (missing {', '.join(missing)})")
+        rows = check_label_rows(file, read_jsonl(file)[0])
         typer.echo(format_diagnostics(judge_diagnostics(rows)))
 
     run_cli(work)
@@ -144,15 +148,13 @@ def show(
 
     def work():
         from rlaif.files import read_jsonl
-        from rlaif.show import format_revision_record
+        from rlaif.show import check_revision_row, format_revision_record
 
-        rows = [row for _, row in read_jsonl(file)[0]]
-        matches = [r for r in rows if record_id is None or str(r.get("id")) == record_id]
+        rows = read_jsonl(file)[0]
+        matches = [(n, r) for n, r in rows if record_id is None or str(r.get("id")) == record_id]
         if not matches:
             raise UserError(f"{file}: no record with id {record_id!r}")
-        if "revisions" not in matches[0]:
-            raise UserError(f"{file}: not an `rlaif generate` output (no 'revisions' field)")
-        typer.echo(format_revision_record(matches[0]))
+        typer.echo(format_revision_record(check_revision_row(file, *matches[0])))
 
     run_cli(work)
 

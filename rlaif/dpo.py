@@ -157,6 +157,7 @@ def training_rows(rows: list[dict], cfg: DPOConfig) -> tuple[list[dict], int]:
 
 def run(cfg: DPOConfig) -> dict:
     started = time.time()
+    cfg.check_output(cfg.prefs, cfg.ref_model)
     raw, input_sha = read_jsonl(cfg.prefs)
     rows, dropped_low_confidence = training_rows(preference_rows(cfg.prefs, raw), cfg)
     if not rows:

@@ -59,6 +59,8 @@ def parse_jsonl(path: str, data: bytes) -> list[tuple[int, dict]]:
     try:
         for obj in reader.iter(type=dict, skip_empty=True):
             rows.append((current_line, obj))
+    except RecursionError:
+        raise at(path, current_line, "JSON nested too deeply to be a record") from None
     except jsonlines.InvalidLineError as e:
         problem = str(e).rsplit(" (line", 1)[0]
         if "requested type" in problem:
@@ -143,7 +145,9 @@ class PartialRun:
     """The sidecar of an unfinished run: finished records survive a crash, even SIGKILL.
 
     Each batch of finished records is appended and fsync'ed; a line cut short by a crash is
-    dropped on reopening, so its record is simply done again.
+    dropped on reopening, so its record is simply done again. The file is created with the
+    first finished records: a run that fails before any leaves nothing behind, and a partial
+    file that holds no record is discarded whatever its settings (nothing would be lost).
     """
 
     def __init__(self, output: str, fingerprint: dict, force: bool):
@@ -152,12 +156,6 @@ class PartialRun:
         self.done: dict[str, dict] = {}
         if self.path.exists():
             self._reopen(force)
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w", encoding="utf-8") as f:
-                f.write(_dumps({PARTIAL_HEADER_KEY: fingerprint}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
 
     def _reopen(self, force: bool) -> None:
         raw = self.path.read_bytes()
@@ -175,10 +173,12 @@ class PartialRun:
                 header = obj.get(PARTIAL_HEADER_KEY) if isinstance(obj, dict) else None
                 if header is None:
                     break
-            else:
+            elif isinstance(obj, dict) and "id" in obj:
                 records[obj["id"]] = obj
+            else:
+                break
             good_end += len(line)
-        if not resume_or_refuse(self.path, header, self.fingerprint, force):
+        if not records or not resume_or_refuse(self.path, header, self.fingerprint, force):
             self.path.unlink()
             return
         self.done = records
@@ -186,7 +186,14 @@ class PartialRun:
             f.truncate(good_end)
 
     def append(self, records: list[dict]) -> None:
+        if not records:
+            return
+        new = not self.path.exists()
+        if new:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
+            if new:
+                f.write(_dumps({PARTIAL_HEADER_KEY: self.fingerprint}) + "\n")
             for record in records:
                 f.write(_dumps(record) + "\n")
                 self.done[record["id"]] = record

@@ -171,6 +171,8 @@ def run(cfg: GenerateConfig) -> dict:
         models={"policy": cfg.policy_model, "judge": cfg.judge_model},
         constitution=cfg.constitution,
     ) as stage:
+        if stage.up_to_date:
+            return stage.up_to_date
 
         def process(chunk, advance):
             policy, judge = stage.engine("policy"), stage.engine("judge")

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlaif.errors import UserError, at
-from rlaif.files import STDIO, manifest_path, read_input_bytes, read_jsonl
+from rlaif.files import STDIO, manifest_path, read_input_bytes, read_jsonl, sha256_file
 from rlaif.manifest import read_manifest
 from rlaif.options import option, output_option
+from rlaif.outputs import check_existing_output, refuse_output_as_input
 from rlaif.shard import Shard
 from rlaif.stage import publish
 
@@ -215,6 +216,7 @@ def merged_manifest(parts: list[ShardPart], rows: list[dict], output: str, start
         # Machine time spent on the job; each shard's own wall time is in `shards`.
         wall_time_s=round(sum(m.get("wall_time_s", 0.0) for m in manifests), 3),
         shards=[_shard_entry(p) for p in parts],
+        fingerprint={"shards_sha256": sorted(sha256_file(p.path) for p in parts)},
         merge_wall_time_s=round(time.time() - started, 3),
     )
     if base.get("stage") == "label":
@@ -252,9 +254,16 @@ def _shard_entry(part: ShardPart) -> dict:
 def run(cfg: MergeConfig) -> dict:
     """Merge the shards; returns the merged manifest. Every check runs before any writing."""
     started = time.time()
-    if cfg.output != STDIO and any(Path(cfg.output) == Path(p) for p in cfg.shards):
-        raise UserError(f"-o {cfg.output}: is one of the shards; write the merge elsewhere")
+    sidecars = [str(manifest_path(p)) for p in cfg.shards]
+    refuse_output_as_input(cfg.output, [*cfg.shards, *sidecars], "-o/--output")
     parts = [load_part(path) for path in cfg.shards]
+    # The merge is up to date when its shards are the same files as last time.
+    fingerprint = {"shards_sha256": sorted(sha256_file(p) for p in cfg.shards)}
+    existing = check_existing_output(
+        cfg.output, fingerprint, force=False, folder=False, option="-o/--output"
+    )
+    if existing is not None:
+        return existing
     check_same_job(parts)
     parts = in_shard_order(parts)
     rows = rows_in_input_order(parts)

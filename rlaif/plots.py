@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Marks the PNGs rlaif writes, so a rerun may replace them and nothing else.
+PNG_SOFTWARE = "rlaif"
+
 
 def _pyplot():
     import matplotlib
@@ -30,7 +33,7 @@ def plot_curves(log_history: list[dict], keys: list[str], path: str | Path, titl
             ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
 
 
@@ -48,5 +51,5 @@ def plot_reliability(bins: list[dict], path: str | Path, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)

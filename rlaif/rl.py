@@ -198,6 +198,7 @@ def check_vllm_rollouts_possible(cfg: RLConfig) -> None:
 
 def run(cfg: RLConfig) -> dict:
     started = time.time()
+    cfg.check_output(cfg.prompts, cfg.reward)
     check_vllm_rollouts_possible(cfg)
     raw, input_sha = read_jsonl(cfg.prompts)
     records = parse_prompt_records(cfg.prompts, raw)

@@ -90,6 +90,8 @@ def run(cfg: SampleConfig) -> dict:
         parse=parse_prompt_records,
         models={"policy": cfg.model},
     ) as stage:
+        if stage.up_to_date:
+            return stage.up_to_date
 
         def process(chunk, advance):
             return sample_chunk(chunk, stage.engine("policy"), cfg, stage.tokens, advance)

@@ -70,6 +70,7 @@ def conversation_lengths(rows: list[dict], tokenizer) -> list[int]:
 
 def run(cfg: SFTConfig) -> dict:
     started = time.time()
+    cfg.check_output(cfg.data)
     raw, input_sha = read_jsonl(cfg.data)
     rows = prompt_completion_rows(cfg.data, raw)
     if not rows:

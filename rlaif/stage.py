@@ -25,6 +25,7 @@ from rlaif.errors import UserError
 from rlaif.files import STDIO, PartialRun, manifest_path, read_jsonl, write_jsonl
 from rlaif.manifest import build_manifest, write_manifest
 from rlaif.options import group, option, output_option
+from rlaif.outputs import existing_output, refuse_output_as_input, up_to_date
 from rlaif.shard import Shard, parse_shard
 
 
@@ -61,7 +62,8 @@ class ShardedRecordSettings(RecordSettings):
 def settings_fingerprint(cfg, input_field: str, **resolved) -> dict:
     """What must not change for an interrupted run to be resumed: the settings (not where the
     output goes, nor --force; the input by its hash, not its path) and `resolved` values."""
-    ignored = ("output", "force", input_field)
+    # max_skipped decides whether to publish, not what any row holds
+    ignored = ("output", "force", "max_skipped", input_field)
     return {**{k: v for k, v in asdict(cfg).items() if k not in ignored}, **resolved}
 
 
@@ -100,6 +102,7 @@ def run_in_chunks(
         desc=description,
         unit="step",
         file=sys.stderr,
+        delay=1.0,  # a run that fails at once (a bad server, say) shows its error alone
         dynamic_ncols=True,
     ) as bar:
         for start in range(0, len(pending), chunk_size):
@@ -176,9 +179,16 @@ class RecordStage:
                 f"shard {self.shard}: {len(self.records)} of {len(self.parsed)} records",
                 file=sys.stderr,
             )
-        self.constitution = (
-            load_constitution(resolve_constitution_path(constitution)) if constitution else None
+        constitution_path = resolve_constitution_path(constitution) if constitution else None
+        # Checked before anything slow (models): an output that is an input, or a file rlaif
+        # did not write, fails at once.
+        refuse_output_as_input(
+            cfg.output,
+            [self.input_path, constitution_path, *(m for m in models.values() if m)],
+            "-o/--output",
         )
+        previous = existing_output(cfg.output, cfg.force, folder=False, option="-o/--output")
+        self.constitution = load_constitution(constitution_path) if constitution_path else None
         self.engine_name = resolve_engine_name(cfg.engine.engine)
         self.settings = replace(cfg.engine, engine=self.engine_name)
         first = next(iter(models.values()))
@@ -188,6 +198,10 @@ class RecordStage:
         }
         self.tokens = TokenCounter()
         self._engines: dict[str, object] = {}
+        # The manifest of an output that is up to date: the stage has nothing to do.
+        self.up_to_date = up_to_date(
+            cfg.output, previous, self.fingerprint(), cfg.force, "-o/--output"
+        )
 
     def fingerprint(self, **extra) -> dict:
         return settings_fingerprint(
@@ -196,7 +210,7 @@ class RecordStage:
             engine=asdict(self.settings),
             input_sha256=self.input_sha,
             constitution_sha256=self.constitution.sha256 if self.constitution else None,
-            **{f"{role}_model_sha256": m.source_sha256 for role, m in self.models.items()},
+            **{f"{role}_model_sha256": m.identity() for role, m in self.models.items()},
             **extra,
         )
 
@@ -273,7 +287,7 @@ class RecordStage:
             counts=counts,
             tokens=self.tokens.tokens,
             started=self.started,
-            extra={**extra, **shard_fields},
+            extra={**extra, **shard_fields, "fingerprint": self.fingerprint()},
         )
 
     def publish(self, rows: list[dict], **manifest_args) -> dict:

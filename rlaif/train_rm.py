@@ -146,6 +146,7 @@ def _to_dataset(rows: list[dict], lengths: list[int], soft: bool):
 
 def run(cfg: TrainRMConfig) -> dict:
     started = time.time()
+    cfg.check_output(cfg.prefs)
     raw, input_sha = read_jsonl(cfg.prefs)
     rows, dropped_low_confidence = cfg.rows_to_train(preference_rows(cfg.prefs, raw))
     if len(rows) < 2:

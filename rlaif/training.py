@@ -28,7 +28,13 @@ from rlaif.files import write_json, write_jsonl
 from rlaif.manifest import build_manifest
 from rlaif.models import EMBEDDED_ALIAS, ResolvedModel
 from rlaif.options import option
-from rlaif.outputs import resume_or_refuse
+from rlaif.outputs import (
+    existing_output,
+    folder_files,
+    refuse_output_as_input,
+    resume_or_refuse,
+    up_to_date,
+)
 
 SETTINGS_FILE = "rlaif-settings.json"
 
@@ -79,6 +85,12 @@ class TrainingSettings:
             raise UserError(f"--learning-rate {self.learning_rate}: must be > 0")
         if self.num_processes < 1:
             raise UserError(f"--num-processes {self.num_processes}: must be at least 1")
+
+    def check_output(self, *inputs: str | None) -> dict | None:
+        """Before anything slow: the output folder is none of the inputs (nor holds one) and
+        holds nothing rlaif did not write. Returns the manifest of what rlaif wrote there."""
+        refuse_output_as_input(self.output_dir, [*inputs, self.model], "-o/--output-dir")
+        return existing_output(self.output_dir, self.force, folder=True, option="-o/--output-dir")
 
 
 def trainer_args(config_cls, cfg: TrainingSettings, work: Path, **stage_args):
@@ -174,8 +186,11 @@ def prepare_checkpoint_dir(work: Path, fingerprint: dict, force: bool) -> Path |
     if int(os.environ.get("RANK", "0")) != 0:
         return _wait_for_main_process(work, fingerprint)
     recorded = _read_settings(settings_file)
-    if work.exists() and not resume_or_refuse(work, recorded, fingerprint, force):
-        shutil.rmtree(work)
+    if work.exists():
+        # No complete checkpoint: nothing to lose, whatever the settings were.
+        nothing = last_complete_checkpoint(work) is None
+        if nothing or not resume_or_refuse(work, recorded, fingerprint, force):
+            shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     write_json(settings_file, fingerprint)
     return last_complete_checkpoint(work)
@@ -254,29 +269,51 @@ def run_training(
     `counts(trainer)` the data counts for the manifest.
     """
     identities = {name: i.sha256 if isinstance(i, InputFile) else i for name, i in inputs.items()}
-    identities |= {f"{role}_sha256": m.source_sha256 for role, m in list(models.items())[1:]}
+    identities |= {f"{role}_sha256": m.identity() for role, m in list(models.items())[1:]}
     first_model = next(iter(models.values()))
-    run = CheckpointRun.open(
-        cfg.output_dir, run_fingerprint(cfg, identities, first_model.source_sha256), cfg.force
+    fingerprint = run_fingerprint(cfg, identities, first_model.identity())
+    refuse_output_as_input(
+        cfg.output_dir,
+        [i.path if isinstance(i, InputFile) else i.get("path") for i in inputs.values()]
+        + [m.path for m in models.values() if m.kind == "folder"],
+        "-o/--output-dir",
     )
-    trainer = build_trainer(
-        trainer_args(trl_config, cfg, run.work, **trl_args), lora_config(cfg, lora_task)
-    )
-    return train_and_publish(
-        trainer,
-        run,
-        stage=stage,
-        cfg=cfg,
-        tokenizer=tokenizer,
-        inputs={name: asdict(i) if isinstance(i, InputFile) else i for name, i in inputs.items()},
-        models=models,
-        counts=counts(trainer),
-        curve_keys=curve_keys,
-        title=title,
-        started=started,
-        constitution=constitution,
-        evaluate=evaluate,
-    )
+    previous = cfg.check_output()
+    done = up_to_date(cfg.output_dir, previous, fingerprint, cfg.force, "-o/--output-dir")
+    if done is not None:
+        return done
+    run = CheckpointRun.open(cfg.output_dir, fingerprint, cfg.force)
+    try:
+        trainer = build_trainer(
+            trainer_args(trl_config, cfg, run.work, **trl_args), lora_config(cfg, lora_task)
+        )
+        return train_and_publish(
+            trainer,
+            run,
+            stage=stage,
+            cfg=cfg,
+            tokenizer=tokenizer,
+            inputs={
+                name: asdict(i) if isinstance(i, InputFile) else i for name, i in inputs.items()
+            },
+            models=models,
+            counts=counts(trainer),
+            curve_keys=curve_keys,
+            title=title,
+            started=started,
+            constitution=constitution,
+            evaluate=evaluate,
+            fingerprint=fingerprint,
+        )
+    except BaseException:
+        # A run that saved no checkpoint leaves nothing behind to block a corrected rerun.
+        if _is_main_process() and last_complete_checkpoint(run.work) is None:
+            shutil.rmtree(run.work, ignore_errors=True)
+        raise
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def train_and_publish(
@@ -294,6 +331,7 @@ def train_and_publish(
     started: float,
     constitution=None,
     evaluate: bool = False,
+    fingerprint: dict | None = None,
 ) -> dict:
     """Train (resuming if possible), then write the model folder with metrics.json, log.jsonl,
     curves.png and manifest.json, and move it into place. Returns the manifest ({} on ranks
@@ -339,7 +377,12 @@ def train_and_publish(
         },
         tokens={"train_tokens": int(getattr(trainer, "_total_train_tokens", 0))},
         started=started,
-        extra={"metrics": {k: v for k, v in metrics.items() if k != "log_history"}},
+        extra={
+            "metrics": {k: v for k, v in metrics.items() if k != "log_history"},
+            "fingerprint": fingerprint,
+            # what rlaif wrote here: a later run may replace these files, never others
+            "files": folder_files(staging),
+        },
     )
     write_json(staging / "manifest.json", manifest)
     replace_dir(staging, run.output_dir)

@@ -82,6 +82,7 @@ class WinrateConfig(RecordSettings):
         EngineSettings,
         only=LOCAL_ENGINE_OPTIONS,
         help={"engine": "Inference engine: auto (vLLM if installed), vllm or hf."},
+        choices={"engine": ("auto", "vllm", "hf")},
     )
 
     def __post_init__(self):
@@ -252,6 +253,8 @@ def run(cfg: WinrateConfig) -> dict:
         models={"policy": cfg.policy, "baseline": cfg.baseline, "judge": cfg.judge_model},
         constitution=cfg.constitution,
     ) as stage:
+        if stage.up_to_date:
+            return stage.up_to_date
         records = stage.records
         answers = {role: _answer(stage, role) for role in ("policy", "baseline")}
         pairs = [

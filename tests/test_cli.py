@@ -175,8 +175,9 @@ def test_config_values_are_used_and_flags_override(tmp_path, home_with_model):
     assert (settings["rounds"], settings["seed"], settings["max_new_tokens"]) == (1, 11, 6)
     assert len(json.loads(out.read_text())["revisions"]) == 1
 
+    # Other settings into the same output: --force (without, the run is refused).
     overridden, _, out = run_generate(
-        tmp_path, prompt, "--config", str(tmp_path / "cfg.yaml"), "--rounds", "2"
+        tmp_path, prompt, "--config", str(tmp_path / "cfg.yaml"), "--rounds", "2", "--force"
     )
     assert overridden.exit_code == 0, overridden.output
     settings = json.loads(Path(f"{out}.manifest.json").read_text())["settings"]

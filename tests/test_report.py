@@ -119,7 +119,7 @@ def test_report_sections_and_summary(tmp_path):
     assert page.count("data:image/png;base64,") == 3  # rm curves, reliability, rl curves
     assert "&lt;b&gt;pick&lt;/b&gt;" in page  # user text is escaped, not markup
     assert "Call a locksmith." in page and "crime_fraud" in page
-    assert "DPO" not in page  # the unfinished run is not reported
+    assert "<h3>DPO" not in page  # the unfinished run is not reported
     assert "RL reward (rl): 0.200 → 0.500" in done.stdout
     assert "held-out accuracy 75.0%" in done.stdout
     assert "win rate (winrate-rl.jsonl)" in done.stdout

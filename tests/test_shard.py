@@ -262,7 +262,7 @@ def test_merge_refuses_what_is_not_a_shard(tmp_path):
     Path(f"{two}.manifest.json").unlink()
     with pytest.raises(UserError, match="no manifest"):
         merge.run(merge.MergeConfig([two], out))
-    with pytest.raises(UserError, match="is one of the shards"):
+    with pytest.raises(UserError, match="is also an input"):
         merge.run(merge.MergeConfig([one], one))
     Path(one).write_text(Path(one).read_text().split("\n", 1)[1])  # a row lost
     manifest["shard"] = {"index": 1, "count": 2}
@@ -417,7 +417,7 @@ def test_another_shard_does_not_resume_a_partial_run(tmp_path):
 
     out = str(tmp_path / "o.jsonl")
     first = LabelConfig(pairs="p", output=out, shard=Shard(1, 2))
-    PartialRun(out, settings_fingerprint(first, "pairs"), force=False)
+    PartialRun(out, settings_fingerprint(first, "pairs"), force=False).append([{"id": "a"}])
     second = LabelConfig(pairs="p", output=out, shard=Shard(2, 2))
     with pytest.raises(UserError, match=r"changed: shard\)"):
         PartialRun(out, settings_fingerprint(second, "pairs"), force=False)
