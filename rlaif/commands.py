@@ -20,6 +20,11 @@ from typing import Annotated, Any
 
 import typer
 
+# typer 0.29 bundles its own click as `typer._click`: its exceptions, not the click package's,
+# are what a command line raises.
+from typer._click import exceptions as click_errors
+from typer.core import TyperGroup
+
 from rlaif.errors import UserError
 from rlaif.options import CliField, build_config, cli_fields
 
@@ -27,18 +32,67 @@ CONFIG_PARAM = "config"
 
 
 def run_cli(fn: Callable[[], Any]) -> Any:
-    """Run a command's work: user errors become one line on stderr and exit code 2."""
+    """Run a command's work: every failure is one line on stderr, never a traceback.
+
+    User errors (and what the system says about a user's path) exit with 2. Anything else is
+    a bug in rlaif or a library: one line saying so, exit 1; `RLAIF_DEBUG=1` shows the
+    traceback instead.
+    """
     try:
         return fn()
     except UserError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(e.exit_code) from None
+        _fail(str(e), e.exit_code)
     except KeyboardInterrupt:
-        typer.echo(
-            "interrupted: finished records are kept; run the same command again to resume",
-            err=True,
+        _fail("interrupted: finished records are kept; run the same command again to resume", 130)
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except OSError as e:
+        if os.environ.get("RLAIF_DEBUG"):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(f"{where}{e.strerror or e}", 2)
+    except MemoryError:
+        _fail("out of memory; try smaller inputs, --batch-size or --chunk-size", 2)
+    except Exception as e:
+        if os.environ.get("RLAIF_DEBUG"):
+            raise
+        message = " ".join(str(e).split())[:300]
+        _fail(
+            f"unexpected {type(e).__name__}: {message} (a bug in rlaif or a library it uses;"
+            " RLAIF_DEBUG=1 shows the traceback)",
+            1,
         )
-        raise typer.Exit(130) from None
+
+
+def _fail(message: str, code: int):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code) from None
+
+
+class OneLineErrors(TyperGroup):
+    """The top-level command group. click prints a usage error (an unknown option, a value
+    that is not a number) as the usage, a hint and the error on three lines; here it is one
+    line, like every other error, still with exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as e:
+            e.show()  # the help text itself
+            sys.exit(e.exit_code)
+        except click_errors.UsageError as e:
+            where = e.ctx.command_path if e.ctx else (prog_name or "rlaif")
+            typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+            sys.exit(e.exit_code)
+        except click_errors.ClickException as e:
+            typer.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click_errors.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _parameter(f: CliField) -> inspect.Parameter:

@@ -7,32 +7,20 @@ smuggle in a value the command line would reject.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from rlaif.errors import at
+from rlaif.yaml_files import read_yaml
 
 CONFIG_PARAM = "config"
 
 
 def load_config_file(path: str) -> dict:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise at(path, None, "no such config file")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise at(path, None, "not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        line = e.problem_mark.line + 1 if getattr(e, "problem_mark", None) else None
-        raise at(path, line, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+    data = read_yaml(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise at(path, None, "expected a mapping of flag names to values")
+        raise at(path, None, "expected a mapping of option names to values")
     return data
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from rlaif.errors import UserError, at
 from rlaif.files import sha256_bytes
 from rlaif.options import option
+from rlaif.yaml_files import read_yaml
 
 PRINCIPLE_FIELDS = ("id", "critique", "revision", "preference")
 EXAMPLE_FIELDS = ("prompt", "response", "critique", "revision")
@@ -78,19 +79,8 @@ def resolve_constitution_path(name_or_path: str) -> str:
 
 def load_constitution(path: str) -> Constitution:
     """Parse and check a constitution file; every error names the file and the principle."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise at(path, None, "no such constitution file")
-    raw = p.read_bytes()
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise at(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except yaml.YAMLError as e:
-        line = e.problem_mark.line + 1 if getattr(e, "problem_mark", None) else None
-        raise at(path, line, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+    data = read_yaml(path, "constitution file")
+    raw = Path(path).read_bytes()
     if not isinstance(data, dict):
         raise at(path, None, "expected a mapping with name, version and principles")
     unknown = set(data) - TOP_LEVEL_KEYS
@@ -108,7 +98,7 @@ def load_constitution(path: str) -> Constitution:
         description=str(data.get("description") or ""),
         principles=tuple(principles),
         examples=tuple(examples),
-        path=str(p),
+        path=str(path),
         sha256=sha256_bytes(raw),
         by_id=by_id,
     )
@@ -131,6 +121,7 @@ def _text(path: str, where: str, entry: dict, key: str) -> str:
 
 
 _PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+_PRINCIPLE_ID = re.compile(r"[a-z0-9_-]{1,64}")
 
 
 def _parse_principles(path: str, entries) -> list[Principle]:
@@ -141,10 +132,16 @@ def _parse_principles(path: str, entries) -> list[Principle]:
     for n, entry in enumerate(entries, 1):
         if not isinstance(entry, dict):
             raise at(path, None, f"principle #{n}: expected a mapping")
-        pid = str(entry.get("id") or "").strip()
-        where = f"principle '{pid}'" if pid else f"principle #{n}"
-        if not pid:
-            raise at(path, None, f"{where}: missing 'id'")
+        pid = entry.get("id")
+        if pid is None or pid == "":
+            raise at(path, None, f"principle #{n}: missing 'id'")
+        if not isinstance(pid, str) or not _PRINCIPLE_ID.fullmatch(pid):
+            raise at(
+                path,
+                None,
+                f"principle #{n}: id {pid!r} must be a short name of a-z, 0-9, '_' and '-'",
+            )
+        where = f"principle '{pid}'"
         if pid in seen:
             raise at(path, None, f"{where}: duplicate id")
         seen.add(pid)

@@ -190,6 +190,47 @@ def _warnings(diag: dict) -> list[str]:
     return out
 
 
+def check_label_rows(path: str, rows: list[tuple[int, dict]]) -> list[dict]:
+    """The rows of an `rlaif label` output, each checked to have what the diagnostics read;
+    a row that does not is a one-line error naming its line."""
+    from rlaif.errors import at
+
+    def probability(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1
+
+    out = []
+    for line, row in rows:
+        missing = [k for k in ("p", "responses", "judgements") if k not in row]
+        if missing:
+            raise at(path, line, f"not an `rlaif label` row (missing {', '.join(missing)})")
+        if not probability(row["p"]):
+            raise at(path, line, "'p' must be a probability in [0, 1]")
+        responses = row["responses"]
+        if not (isinstance(responses, list) and len(responses) == 2):
+            raise at(path, line, "'responses' must be a list of two texts")
+        if not all(isinstance(r, str) for r in responses):
+            raise at(path, line, "'responses' must be a list of two texts")
+        if row.get("reference") not in (None, 0, 1) or isinstance(row.get("reference"), bool):
+            raise at(path, line, "'reference' must be 0, 1 or null")
+        judgements = row["judgements"]
+        if not isinstance(judgements, list) or not judgements:
+            raise at(path, line, "'judgements' must be a non-empty list")
+        for n, j in enumerate(judgements, 1):
+            ok = (
+                isinstance(j, dict)
+                and isinstance(j.get("principle_id"), str)
+                and all(j.get(k) is None or probability(j.get(k)) for k in ("p_ab", "p_ba"))
+            )
+            if not ok:
+                raise at(
+                    path,
+                    line,
+                    f"judgement #{n} must have a 'principle_id' and probabilities 'p_ab', 'p_ba'",
+                )
+        out.append(row)
+    return out
+
+
 def judge_diagnostics(rows: list[dict]) -> dict:
     """Figures on a judge's labels (rows written by `rlaif label`); a JSON-serialisable dict.
 

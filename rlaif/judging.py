@@ -121,20 +121,45 @@ def combine_orders(p_first_in_ab: float | None, p_first_in_ba: float | None):
     return p_ab, p_ba, (sum(present) / len(present) if present else 0.5)
 
 
+def judge_jobs(record: PairRecord, cfg: JudgingSettings, seed: int, constitution) -> list[tuple]:
+    """(record, pair, reference, principle, order, chat) for each question the judge is asked
+    about one pair: each sampled principle, in both orders."""
+    (a, b), reference = presented_order(seed, record)
+    jobs = []
+    for principle in sample_principles(constitution, cfg, seed, record.id):
+        for order, (first, second) in (("ab", (a, b)), ("ba", (b, a))):
+            chat = prompts.preference_chat(
+                record.prompt, principle.preference, first, second, cot=cfg.cot
+            )
+            jobs.append((record, (a, b), reference, principle, order, chat))
+    return jobs
+
+
+def too_long(
+    records: list[PairRecord], cfg: JudgingSettings, seed: int, constitution, tokenizer, limit: int
+) -> list[str]:
+    """Ids of the pairs whose judge prompts (plus the tokens the judge writes) do not fit a
+    context window of `limit` tokens."""
+    from rlaif.engines.base import render_prompt_ids
+
+    writes = cfg.max_new_tokens if cfg.cot or cfg.method == "generate" else 1
+    # --cot scores after its rationale: the longest such prompt adds the rationale and prefix.
+    prefix = "" if cfg.method == "generate" else prompts.PREFERENCE_ANSWER_PREFIX
+    out = []
+    for record in records:
+        for job in judge_jobs(record, cfg, seed, constitution):
+            if len(render_prompt_ids(tokenizer, job[-1], prefix)) + writes > limit:
+                out.append(record.id)
+                break
+    return out
+
+
 def judge_chunk(
     chunk, judge, cfg: JudgingSettings, seed: int, constitution, tokens: TokenCounter, advance
 ) -> list[dict]:
     """One labelled row per pair record of `chunk` (see the module's docstring)."""
     # One entry per (record, principle, order): everything goes to the engine in one batch.
-    jobs = []
-    for record in chunk:
-        (a, b), reference = presented_order(seed, record)
-        for principle in sample_principles(constitution, cfg, seed, record.id):
-            for order, (first, second) in (("ab", (a, b)), ("ba", (b, a))):
-                chat = prompts.preference_chat(
-                    record.prompt, principle.preference, first, second, cot=cfg.cot
-                )
-                jobs.append((record, (a, b), reference, principle, order, chat))
+    jobs = [job for record in chunk for job in judge_jobs(record, cfg, seed, constitution)]
     chats = [job[-1] for job in jobs]
     p_option_a, rationales, abstained = _p_option_a(chats, judge, cfg, tokens)
     advance(len(chunk))

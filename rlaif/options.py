@@ -52,14 +52,15 @@ def group(
     *,
     only: tuple[str, ...] | None = None,
     help: dict[str, str] | None = None,
+    choices: dict[str, tuple] | None = None,
     default_factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A Config field holding a shared group of options (a dataclass such as EngineSettings).
 
     Its fields become options of the command; `only` keeps a subset (the others keep the
-    group's defaults), `help` rewords some for this stage.
+    group's defaults), `help` rewords some for this stage, `choices` narrows what some accept.
     """
-    metadata = {"group": cls, "only": only, "help_overrides": help or {}}
+    metadata = {"group": cls, "only": only, "help_overrides": help or {}, "choices": choices or {}}
     return dataclasses.field(default_factory=default_factory or cls, metadata=metadata)
 
 
@@ -75,6 +76,7 @@ class CliField:
     flags: tuple[str, ...]
     argument: bool
     parse: Callable[[Any], Any] | None
+    choices: tuple | None = None  # checked before the Config is built
 
     @property
     def required(self) -> bool:
@@ -124,6 +126,7 @@ def cli_fields(cls: type, *, _path: tuple[str, ...] = ()) -> list[CliField]:
                         path=(*_path, *sub.path),
                         default=getattr(group_default, local),
                         help=meta["help_overrides"].get(local, sub.help),
+                        choices=meta["choices"].get(local, sub.choices),
                     )
                 )
             continue
@@ -176,6 +179,8 @@ def build_config(cls: type, values: dict[str, Any]):
             value = MISSING
         if value is MISSING:
             raise UserError(f"missing {f.display}: {f.help}")
+        if f.choices is not None and value not in f.choices:
+            raise UserError(f"{f.flags[-1]} {value}: choose one of {', '.join(f.choices)}")
         if f.parse is not None:
             value = f.parse(value)
         if len(f.path) == 1:

@@ -25,7 +25,7 @@ SHAPES = (
 # Only the blank line before a speaker starts a turn: HH texts quote "Human:" inside turns.
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
-_CHOSEN_REJECTED = ("chosen", "rejected")
+_SPEAKER_ONLY = re.compile(r"(?i)(human|assistant|user|system|question|answer|q|a)\s*:?")
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,8 @@ def parse_pair_records(path: str, rows: list[tuple[int, dict]]) -> list[PairReco
     first_line_of: dict[str, int] = {}
     for line, row in rows:
         prompt, (a, b), reference, source = _parse_row(path, line, row)
-        names = ("responses[0]", "responses[1]") if source == "responses" else _CHOSEN_REJECTED
-        for name, response in zip(names, (a, b), strict=True):
-            if not response.strip():
-                raise at(path, line, f"the response in '{name}' is empty: nothing to judge")
+        # An empty reply is real data (in HH-RLHF people sometimes preferred saying nothing),
+        # and a judge can compare it; two empty replies are identical, skipped by the stages.
         if prompt[-1]["role"] != "user":
             raise at(path, line, "the prompt must end with a user message to answer")
         content = {"prompt": prompt, "responses": [a, b]}
@@ -157,12 +155,15 @@ def _response(path: str, line: int, value, field: str) -> str:
 
 
 def _is_hh(text: str) -> bool:
-    return "\n\nHuman:" in text and "\n\nAssistant:" in text
+    human = "\n\nHuman:" in text or text.startswith("Human:")
+    return human and "\n\nAssistant:" in text
 
 
 def _hh_pair(path: str, line: int, chosen: str, rejected: str) -> tuple[Chat, tuple[str, str]]:
     dialogues = []
     for field, text in (("chosen", chosen), ("rejected", rejected)):
+        if text.startswith("Human:"):  # copies often drop the blank line before the first turn
+            text = "\n\n" + text
         try:
             messages = parse_hh_dialogue(text)
         except ValueError as e:
@@ -210,7 +211,8 @@ def _text_pair(path: str, line: int, chosen: str, rejected: str) -> tuple[Chat, 
     while n > 0 and not chosen[n - 1].isspace():
         n -= 1
     prompt = chosen[:n].strip()
-    if not prompt:
+    # A shared speaker label alone ("Human:") is no shared prompt: two different conversations.
+    if not prompt or _SPEAKER_ONLY.fullmatch(prompt):
         raise at(
             path,
             line,

@@ -77,14 +77,17 @@ def preference_rows(path: str, rows: list[tuple[int, dict]]) -> list[dict]:
     out = []
     for line, row in labelled:
         p = row["p_chosen"]
-        if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise at(path, line, "'p_chosen' must be a probability in [0, 1]")
+        # The same checks as any pair (prompt, chosen and rejected of the right shapes).
+        shape = {k: row.get(k) for k in ("id", "prompt", "chosen", "rejected") if k in row}
+        [record] = parse_pair_records(path, [(line, shape)])
         out.append(
             {
-                "id": str(row["id"]),
-                "prompt": row["prompt"],
-                "chosen": row["chosen"],
-                "rejected": row["rejected"],
+                "id": record.id,
+                "prompt": record.prompt,
+                "chosen": _assistant(record.responses[0]),
+                "rejected": _assistant(record.responses[1]),
                 "p": float(p),
             }
         )

@@ -21,8 +21,10 @@ from rlaif.diagnostics import format_diagnostics
 from rlaif.errors import UserError
 from rlaif.files import atomic_output, read_jsonl
 from rlaif.manifest import read_manifest
+from rlaif.outputs import check_overwrite
 
 EXAMPLES_SHOWN = 3
+GENERATOR = "rlaif report"  # marks the pages rlaif writes: a rerun replaces them, nothing else
 
 
 @dataclass
@@ -305,6 +307,7 @@ def render(run: Run) -> str:
     ]
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='generator' content='{GENERATOR}'>"
         f"<title>rlaif report: {_e(run.root.name)}</title><style>{STYLE}</style></head><body>"
         f"<h1>rlaif report: {_e(run.root)}</h1>" + "".join(sections) + "</body></html>\n"
     )
@@ -346,8 +349,42 @@ def summary(run: Run) -> str:
     return "\n".join(lines)
 
 
+def check_readable(run: Run) -> None:
+    """Render each file found on its own first, so that one the report cannot read (a
+    manifest edited by hand, a log of another tool) is named in one line, not a traceback."""
+    singles = [
+        (output, Run(run.root, jsonl_stages={stage: [(output, manifest)]}))
+        for stage, items in run.jsonl_stages.items()
+        for output, manifest in items
+    ]
+    singles += [
+        (folder, Run(run.root, model_stages={stage: [(folder, manifest)]}))
+        for stage, items in run.model_stages.items()
+        for folder, manifest in items
+    ]
+    singles += [(path, Run(run.root, rm_evaluations=[(path, d)])) for path, d in run.rm_evaluations]
+    for path, single in singles:
+        try:
+            render(single)
+            summary(single)
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise UserError(
+                f"{path}: not what rlaif writes ({type(e).__name__}: {e}); move it out of"
+                f" {run.root} or rerun the stage that made it"
+            ) from None
+
+
+def written_by_report(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f"content='{GENERATOR}'".encode() in f.read(4096)
+
+
 def write_report(root: str, output: str) -> Run:
+    check_overwrite(output, written_by_report, "-o/--output")
     run = discover(Path(root))
+    check_readable(run)
     page = render(run)
     with atomic_output(output) as f:
         f.write(page)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlaif.errors import UserError
+from rlaif.models import check_model_weights
 
 
 class RewardModel:
@@ -55,9 +56,24 @@ class RewardModel:
 
 
 def check_reward_model_folder(path: str) -> None:
-    """Fail with one line, before any work, when `--rm` is not a saved model folder."""
-    if not (Path(path) / "config.json").is_file():
+    """Fail with one line, before any work, when `--rm` is not a saved reward-model folder."""
+    import json
+
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
         raise UserError(
             f"--rm {path}: not a reward-model folder (no config.json);"
             " pass the -o folder of `rlaif train-rm`"
         )
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"--rm {config_file}: unreadable ({e})") from None
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    if isinstance(architectures, list) and architectures:
+        if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+            raise UserError(
+                f"--rm {path}: a {architectures[0]} model, not a reward model (one score per"
+                " sequence); pass the -o folder of `rlaif train-rm`"
+            )
+    check_model_weights(path, "--rm")

@@ -7,10 +7,17 @@ import time
 from dataclasses import dataclass
 
 from rlaif.diagnostics import wilson_interval
-from rlaif.errors import at
-from rlaif.files import read_jsonl
+from rlaif.errors import UserError, at
+from rlaif.files import folder_digest, read_jsonl
 from rlaif.manifest import build_manifest
 from rlaif.options import option, output_option
+from rlaif.outputs import (
+    check_existing_output,
+    check_overwrite,
+    json_report_written_by_rlaif,
+    png_written_by_rlaif,
+    refuse_output_as_input,
+)
 from rlaif.pairs import parse_pair_records
 from rlaif.preferences import is_labelled_row
 from rlaif.records import parse_prompt_records
@@ -101,8 +108,18 @@ class EvalRMConfig:
     json_out: str | None = option(None, help="Write the report as JSON.", flags=("--json",))
     batch_size: int = option(8, help=BATCH_HELP)
 
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: must be at least 1")
+
 
 def evaluate_rm(cfg: EvalRMConfig) -> dict:
+    if cfg.plot:
+        check_overwrite(cfg.plot, png_written_by_rlaif, "--plot")
+        refuse_output_as_input(cfg.plot, [cfg.pairs], "--plot")
+    if cfg.json_out:
+        check_overwrite(cfg.json_out, json_report_written_by_rlaif, "--json")
+        refuse_output_as_input(cfg.json_out, [cfg.pairs], "--json")
     check_reward_model_folder(cfg.rm)
     rows, _ = read_jsonl(cfg.pairs)
     pairs = []
@@ -149,12 +166,27 @@ class ScoreConfig:
     output: str = output_option()
     batch_size: int = option(8, help=BATCH_HELP)
 
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: must be at least 1")
+
 
 def score_file(cfg: ScoreConfig) -> dict:
     """Add rewards: `reward` per response (a `rewards` list for rows with several)."""
     started = time.time()
     check_reward_model_folder(cfg.rm)
+    refuse_output_as_input(cfg.output, [cfg.input], "-o/--output")
     rows, input_sha = read_jsonl(cfg.input)
+    fingerprint = {
+        "input_sha256": input_sha,
+        "rm_sha256": folder_digest(cfg.rm),
+        "batch_size": cfg.batch_size,
+    }
+    existing = check_existing_output(
+        cfg.output, fingerprint, force=False, folder=False, option="-o/--output"
+    )
+    if existing is not None:
+        return existing
     items: list[tuple[dict, list[dict], list[str]]] = []  # (row, prompt, responses)
     for line, row in rows:
         if is_labelled_row(row):
@@ -188,6 +220,7 @@ def score_file(cfg: ScoreConfig) -> dict:
         counts={"rows": len(out_rows), "responses": len(chats)},
         tokens={},
         started=started,
+        extra={"fingerprint": fingerprint},
     )
     publish(cfg.output, out_rows, manifest)
     return manifest

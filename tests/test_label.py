@@ -275,3 +275,41 @@ def test_label_cli_rejects_bad_input_and_writes_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]
     bad_k = CliRunner().invoke(app, ["label", str(src), "-o", str(out), "-k", "zero"])
     assert bad_k.exit_code == 2 and "--principles-per-pair zero" in bad_k.output
+
+
+def test_unjudgeable_pairs_are_skipped_counted_and_named(tmp_path, home_with_model):
+    """Real data is messy: an empty reply is judged, identical replies and a pair too long for
+    the judge's context are skipped, counted and named; --max-skipped makes that an error."""
+    import subprocess
+
+    from conftest import rlaif_cmd
+
+    rows = [
+        {"id": "empty", "prompt": "Say nothing.", "chosen": "", "rejected": "Something."},
+        {"id": "same", "prompt": "Hi?", "responses": ["Hello.", "Hello."]},
+        {"id": "long", "prompt": "Sum up: " + "words " * 400, "responses": ["Short.", "Brief."]},
+        {"id": "fine", "prompt": "Capital of France?", "responses": ["Paris.", "Lyon."]},
+    ]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "prefs.jsonl"
+    args = ["label", str(pairs), "-o", str(out), "--engine", "hf", "--max-model-len", "512"]
+    done = subprocess.run(rlaif_cmd(*args), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [warning] = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert "skipping 2 of 4 pairs" in warning and "(same)" in warning and "(long)" in warning
+    assert [r["id"] for r in map(json.loads, out.read_text().splitlines())] == ["empty", "fine"]
+    counts = json.loads(Path(f"{out}.manifest.json").read_text())["counts"]
+    assert (counts["skipped"], counts["skipped_identical"], counts["skipped_too_long"]) == (2, 1, 1)
+
+    strict = tmp_path / "strict.jsonl"
+    refused = subprocess.run(
+        rlaif_cmd(*args[:3], str(strict), *args[4:], "--max-skipped", "25%"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refused.returncode == 2
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("error: --max-skipped 25%: 2 of 4 pairs cannot be judged")
+    assert not strict.exists() and not Path(f"{strict}.partial.jsonl").exists()

@@ -57,9 +57,20 @@ def test_gguf_path_uses_the_same_conversion(home_with_model, tmp_path):
     assert resolved.kind == "gguf" and Path(resolved.path, "model.safetensors").is_file()
 
 
-def test_folder_and_hub_ids(tmp_path, embedded_model):
+def test_folder_and_hub_ids(tmp_path, embedded_model, monkeypatch):
     assert resolve_model(embedded_model).kind == "folder"
+    # A hub id resolves when the model is in the local hub cache ...
+    cache = tmp_path / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct"
+    (cache / "refs").mkdir(parents=True)
+    (cache / "refs" / "main").write_text("abc")
+    (cache / "snapshots" / "abc").mkdir(parents=True)
+    (cache / "snapshots" / "abc" / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct").kind == "hub"
+    # ... and fails in one line, at once, when it is not and there is no network.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):
+        resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct")
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no config.json"):
         resolve_model(str(tmp_path / "empty"))

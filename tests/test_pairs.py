@@ -208,11 +208,33 @@ def test_identical_responses_are_flagged_not_rejected():
     )
 
 
-def test_empty_hh_reply_is_rejected():
-    fails(
-        "in.jsonl:1: the response in 'rejected' is empty: nothing to judge",
-        {"chosen": hh("Q?", "Paris."), "rejected": hh("Q?", "")},
-    )
+def test_an_empty_reply_is_a_pair_to_judge():
+    """HH-RLHF has them (people sometimes preferred saying nothing); a judge can compare them."""
+    rows = [
+        (1, {"chosen": hh("Q?", "Paris."), "rejected": hh("Q?", "")}),
+        (2, {"prompt": "Q?", "responses": ["", "Lyon."]}),
+        (3, {"prompt": "Q?", "responses": ["", " "]}),
+    ]
+    records = parse_pair_records("in.jsonl", rows)
+    assert [r.responses for r in records[:2]] == [("Paris.", ""), ("", "Lyon.")]
+    assert [r.identical for r in records] == [False, False, True]
+
+
+def test_hh_text_without_its_leading_blank_line_is_hh():
+    record = parse_pair_records(
+        "in.jsonl",
+        [(1, {"chosen": "Human: Q?\n\nAssistant: A.", "rejected": "Human: Q?\n\nAssistant: B."})],
+    )[0]
+    assert record.source == "hh" and record.prompt == [{"role": "user", "content": "Q?"}]
+    with pytest.raises(
+        UserError, match=r"^in.jsonl:1: the chosen and rejected HH dialogues differ"
+    ):
+        parse({"chosen": "Human: Q?\n\nAssistant: A.", "rejected": "Human: Hi?\n\nAssistant: B."})
+
+
+def test_a_shared_speaker_label_is_no_shared_prompt():
+    with pytest.raises(UserError, match=r"^in.jsonl:1: 'chosen' and 'rejected' share no prompt"):
+        parse({"chosen": "Human: how do I bake bread?", "rejected": "Human: tell me a joke"})
 
 
 def test_mismatched_hh_prefixes_are_rejected():

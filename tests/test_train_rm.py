@@ -155,7 +155,11 @@ def test_score_and_eval_rm_through_the_cli(tmp_path, home_with_model):
 
 @pytest.mark.slow
 def test_two_cpu_processes_train_data_parallel(tmp_path, home_with_model):
+    """--num-processes from a config file: the workers are launched once (a worker that
+    relaunched would start processes without end) and train as one job of two."""
     out = tmp_path / "rm-ddp"
+    config = tmp_path / "ddp.yaml"
+    config.write_text("num_processes: 2\n")
     run = subprocess.run(
         rlaif_cmd(
             "train-rm",
@@ -172,14 +176,15 @@ def test_two_cpu_processes_train_data_parallel(tmp_path, home_with_model):
             "384",
             "--eval-fraction",
             "0",
-            "--num-processes",
-            "2",
+            "--config",
+            str(config),
         ),
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("wrote the reward model") == 1  # rank 0 alone publishes
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["processes"] == 2
     from transformers import AutoModelForSequenceClassification

@@ -60,8 +60,20 @@ class EngineSettings:
     max_retries: int = option(5, help="openai engine: retries on 429/5xx/timeouts, with backoff.")
 
     def __post_init__(self):
+        if self.engine not in ENGINE_CHOICES:
+            raise UserError(f"--engine {self.engine}: choose one of {', '.join(ENGINE_CHOICES)}")
         if self.dtype not in DTYPES:
             raise UserError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
+        for name in ("tensor_parallel_size", "max_model_len", "batch_size", "max_concurrency"):
+            if getattr(self, name) < 1:
+                flag = "--" + name.replace("_", "-")
+                raise UserError(f"{flag} {getattr(self, name)}: must be at least 1")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise UserError(
+                f"--gpu-memory-utilization {self.gpu_memory_utilization}: a fraction in (0, 1]"
+            )
+        if self.request_timeout <= 0 or self.max_retries < 0:
+            raise UserError("--request-timeout must be > 0 and --max-retries >= 0")
         if self.engine == "openai":
             from rlaif.engines.openai_engine import checked_base_url
 

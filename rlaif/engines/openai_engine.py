@@ -103,8 +103,9 @@ class OpenAIEngine:
             raise _context_error(
                 str(prompt_tokens), sampling.max_new_tokens, prompt_tokens + completion_tokens
             )
-        text = (choice.get("message") or {}).get("content") or ""
-        return Completion(text.strip(), prompt_tokens, completion_tokens)
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else None
+        return Completion((text if isinstance(text, str) else "").strip(), *_usage(reply))
 
     def _score_one(self, chat: Chat, options: Sequence[str], prefix: str) -> OptionScores:
         body: dict[str, Any] = {
@@ -126,14 +127,22 @@ class OpenAIEngine:
         return OptionScores([option_logprob(top, o) for o in options], prompt_tokens)
 
     def _first_top_logprobs(self, reply: dict) -> list[tuple[str, float]]:
-        content = ((reply["choices"][0].get("logprobs") or {}).get("content")) or []
-        top = content[0].get("top_logprobs") if content else None
+        logprobs = reply["choices"][0].get("logprobs")
+        content = logprobs.get("content") if isinstance(logprobs, dict) else None
+        first = content[0] if isinstance(content, list) and content else None
+        top = first.get("top_logprobs") if isinstance(first, dict) else None
         if not top:
             raise UserError(
                 f"the server at {self.base_url} gave no log-probabilities (it may not support"
                 " `logprobs`/`top_logprobs`); use --method generate with this server"
             )
-        return [(entry["token"], float(entry["logprob"])) for entry in top]
+        try:
+            return [(str(entry["token"]), float(entry["logprob"])) for entry in top]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(
+                f"the server at {self.base_url} gave malformed top_logprobs; use --method"
+                " generate with this server"
+            ) from None
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -141,7 +150,14 @@ class OpenAIEngine:
         response = self._send("GET", "/models")
         if response.status_code >= 400:  # some APIs do not list models: use the spec as given
             return spec
-        served = [m.get("id") for m in response.json().get("data") or [] if m.get("id")]
+        try:
+            listed = response.json().get("data") or []
+            served = [m.get("id") for m in listed if isinstance(m, dict) and m.get("id")]
+        except (ValueError, AttributeError):
+            raise UserError(
+                f"{self.base_url}: not an OpenAI-compatible API (its /models is not JSON);"
+                " check --base-url (it ends in /v1)"
+            ) from None
         if spec in served or not served:
             return spec
         if len(served) == 1:  # the server's one model, whatever it was named at its start
@@ -153,7 +169,7 @@ class OpenAIEngine:
     def _chat(self, body: dict, new_tokens: int) -> dict:
         response = self._send("POST", "/chat/completions", body)
         if response.status_code < 400:
-            return response.json()
+            return self._completion(response)
         message = _error_message(response)
         context = _context_error_from_message(message, new_tokens)
         if context is not None:
@@ -162,6 +178,25 @@ class OpenAIEngine:
             f"{self.base_url}: the server refused the request (HTTP {response.status_code}):"
             f" {message}"
         )
+
+    def _completion(self, response) -> dict:
+        """The reply of a chat completion, checked to be one: a proxy's HTML page or an empty
+        `choices` is named here rather than failing later inside the stage."""
+        try:
+            reply = response.json()
+        except ValueError:
+            kind = response.headers.get("content-type", "no content type")
+            raise UserError(
+                f"{self.base_url}: not an OpenAI-compatible API (a chat completion came back as"
+                f" {kind}, not JSON); check --base-url (it ends in /v1)"
+            ) from None
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise UserError(
+                f"{self.base_url}: the server's chat completion has no choices; is it an"
+                " OpenAI-compatible server?"
+            )
+        return reply
 
     def _send(self, method: str, path: str, body: dict | None = None):
         """One request, retried with backoff on rate limits, server errors, timeouts and dropped
@@ -264,8 +299,15 @@ def _error_message(response) -> str:
 
 
 def _usage(reply: dict) -> tuple[int, int]:
-    usage = reply.get("usage") or {}
-    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    """Token counts as the server reports them (0 where it does not, or not as numbers)."""
+    usage = reply.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+
+    def count(key: str) -> int:
+        value = usage.get(key)
+        return int(value) if isinstance(value, (int, float)) else 0
+
+    return count("prompt_tokens"), count("completion_tokens")
 
 
 # vLLM: "maximum context length is 2048 tokens. However, your prompt contains at least 2049 input
