@@ -39,6 +39,8 @@ def merged_params(ctx: typer.Context) -> dict:
         source = ctx.get_parameter_source(name)
         if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
             continue
+        if getattr(params[name], "multiple", False) and not isinstance(raw, list):
+            raw = [raw]  # `base_url: http://...` for an option that may be given several times
         try:
             values[name] = params[name].process_value(ctx, raw)
         except typer.BadParameter as e:

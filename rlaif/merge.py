@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlaif.engines import SERVING_ONLY
 from rlaif.errors import UserError, at
 from rlaif.files import STDIO, manifest_path, read_input_bytes, read_jsonl, sha256_file
 from rlaif.manifest import read_manifest
@@ -114,7 +115,14 @@ def comparable(manifest: dict) -> dict[str, object]:
     return {
         "stage": manifest.get("stage"),
         "shard.count": (manifest.get("shard") or {}).get("count"),
-        **_flatten("settings", {k: v for k, v in settings.items() if k not in ignored}),
+        **{
+            key: value
+            for key, value in _flatten(
+                "settings", {k: v for k, v in settings.items() if k not in ignored}
+            ).items()
+            # each machine may use its own servers of the same model
+            if key.rsplit(".", 1)[-1] not in SERVING_ONLY or not key.startswith("settings.engine")
+        },
         **{f"inputs.{name}.sha256": (info or {}).get("sha256") for name, info in inputs.items()},
         "constitution.sha256": constitution.get("sha256"),
         **{

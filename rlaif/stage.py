@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from rlaif.engines import EngineSettings
+from rlaif.engines import EngineSettings, result_settings
 from rlaif.errors import UserError
 from rlaif.files import STDIO, PartialRun, manifest_path, read_jsonl, write_jsonl
 from rlaif.manifest import build_manifest, write_manifest
@@ -207,7 +207,7 @@ class RecordStage:
         return settings_fingerprint(
             self.cfg,
             self.input_field,
-            engine=asdict(self.settings),
+            engine=result_settings(self.settings),
             input_sha256=self.input_sha,
             constitution_sha256=self.constitution.sha256 if self.constitution else None,
             **{f"{role}_model_sha256": m.identity() for role, m in self.models.items()},

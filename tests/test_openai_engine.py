@@ -309,6 +309,96 @@ def test_hitting_max_new_tokens_is_no_error(fake):
     assert api.engine().generate([chat("hi")], GREEDY, [0])[0].completion_tokens == 16
 
 
+# -- a fleet of servers ----------------------------------------------------------------------
+
+
+def by_seed(body):
+    """What a server of one model answers: a function of the request alone."""
+    return reply(f"answer to {body['messages'][-1]['content']} with seed {body['seed']}")
+
+
+def fleet(*apis, **settings) -> OpenAIEngine:
+    urls = [api.url for api in apis]
+    engine = make_engine("given-spec", EngineSettings(engine="openai", base_url=urls, **settings))
+    engine.backoff_base = 0.001
+    engine.pool.down_base_s = 0.05
+    return engine
+
+
+CHATS = [chat(f"q{i}") for i in range(12)]
+SEEDS = list(range(100, 112))
+
+
+def test_a_fleet_spreads_requests_bounded_per_server_and_answers_in_order(fake):
+    single = fake([], respond=by_seed).engine().generate(CHATS, GREEDY, SEEDS)
+    a, b = (fake([], respond=by_seed, delay_s=0.05) for _ in range(2))
+    out = fleet(a, b, max_concurrency=2).generate(CHATS, GREEDY, SEEDS)
+    assert out == single  # the same results, in input order, whoever answered
+    assert len(a.bodies) + len(b.bodies) == 12 and a.bodies and b.bodies
+    assert a.most_in_flight <= 2 and b.most_in_flight <= 2
+    assert max(a.most_in_flight, b.most_in_flight) == 2  # each server's bound is used
+
+
+def test_a_failing_server_is_passed_over_and_leaves_the_rotation(fake):
+    good = fake([], respond=by_seed)
+    bad = fake([error(503, "down for maintenance")])
+    single = fake([], respond=by_seed).engine().generate(CHATS, GREEDY, SEEDS)
+    out = fleet(bad, good, max_concurrency=1, max_retries=2).generate(CHATS, GREEDY, SEEDS)
+    assert out == single
+    # Two failures in a row take it out: far fewer than the 12 requests reach it.
+    assert len(bad.bodies) <= 4, len(bad.bodies)
+
+
+def test_a_server_dying_mid_run_loses_nothing(fake):
+    good = fake([], respond=by_seed)
+    answered = []
+
+    def then_die(body):
+        if len(answered) == 3:
+            threading.Thread(target=dying.close).start()
+            return DROP
+        answered.append(body)
+        return by_seed(body)
+
+    dying = fake([], respond=then_die)
+    single = fake([], respond=by_seed).engine().generate(CHATS, GREEDY, SEEDS)
+    out = fleet(dying, good, max_concurrency=2).generate(CHATS, GREEDY, SEEDS)
+    assert out == single and len(answered) == 3
+
+
+def test_when_every_server_fails_the_error_names_the_fleet(fake):
+    bad = [fake([error(500, "oops")]) for _ in range(2)]
+    with pytest.raises(UserError, match=r"2 servers: HTTP 500: oops \(gave up after 3 attempts"):
+        fleet(*bad, max_retries=2).generate([chat("hi")], GREEDY, [0])
+
+
+def test_servers_of_different_models_are_refused(fake):
+    a, b = fake([reply()], models=["model-a"]), fake([reply()], models=["model-b"])
+    with pytest.raises(UserError, match="the servers serve different models"):
+        fleet(a, b)
+
+
+def test_base_url_may_be_a_file_of_servers(fake, tmp_path):
+    a, b = fake([], respond=by_seed), fake([], respond=by_seed)
+    listing = tmp_path / "servers.txt"
+    listing.write_text(f"# my fleet\n{a.url}\n\n{b.url}  # the other one\n")
+    engine = make_engine("m", EngineSettings(engine="openai", base_url=str(listing)))
+    assert engine.base_urls == [a.url, b.url]
+    empty = tmp_path / "none.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(UserError, match="none.txt: the file lists no URL"):
+        EngineSettings(engine="openai", base_url=str(empty))
+
+
+def test_the_fleet_is_not_part_of_the_fingerprint():
+    """Resuming (or merging shards) with other servers of the same model is allowed."""
+    from rlaif.engines import result_settings
+
+    one = EngineSettings(engine="openai", base_url="http://a:1/v1")
+    other = EngineSettings(engine="openai", base_url=["http://b:1/v1", "http://c:1/v1"])
+    assert result_settings(one) == result_settings(other)
+
+
 # -- the real server ----------------------------------------------------------------------------
 
 
@@ -320,6 +410,41 @@ def served(openai_server, embedded_model):
     )
     yield engine
     engine.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_a_real_server_and_a_failing_one_answer_as_the_real_one_alone(served, openai_server, fake):
+    """A fleet of the real vLLM server and one that fails every request (then, mid-run, a
+    proxy to the real server that dies) gives exactly the real server's answers."""
+    import httpx
+
+    sampling = Sampling(max_new_tokens=12, temperature=0.8, top_p=0.95)
+    chats, seeds = CHATS[:6], SEEDS[:6]
+    alone = served.generate(chats, sampling, seeds)
+    failing = fake([error(503, "overloaded")])
+    forwarded = []
+
+    def proxy_then_die(body):
+        if len(forwarded) == 2:
+            threading.Thread(target=dying.close).start()
+            return DROP
+        forwarded.append(body)
+        answer = httpx.post(f"{openai_server}/chat/completions", json=body, timeout=120)
+        return answer.status_code, answer.json()
+
+    dying = fake([], respond=proxy_then_die, models=[served.model_id])
+    failing.models = [served.model_id]
+    settings = {"max_model_len": 2048, "max_concurrency": 2}
+    for other in (failing, dying):
+        engine = make_engine(
+            "a-name-the-server-does-not-know",
+            EngineSettings(engine="openai", base_url=[other.url, openai_server], **settings),
+        )
+        engine.backoff_base = 0.01
+        assert engine.generate(chats, sampling, seeds) == alone
+        engine.close()
+    assert forwarded  # the proxy answered some before it died
 
 
 @pytest.mark.vllm

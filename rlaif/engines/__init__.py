@@ -46,8 +46,11 @@ class EngineSettings:
         "auto", help="Weights' dtype: auto (float32 on CPU), float32, bfloat16 or float16."
     )
     # --engine openai: the server's API root (with /v1), where the model runs instead of here.
-    base_url: str | None = option(
-        None, help="openai engine: the server's API root, e.g. http://127.0.0.1:8000/v1."
+    # Several: one engine over a fleet of servers of one model (see engines/fleet.py).
+    base_url: list[str] | None = option(
+        None,
+        help="openai engine: the server's API root, e.g. http://127.0.0.1:8000/v1; give it once"
+        " per server of the same model, or a file listing one URL per line.",
     )
     # the variable's name, so no key lands in configs or logs
     api_key_env: str = option(
@@ -75,11 +78,23 @@ class EngineSettings:
         if self.request_timeout <= 0 or self.max_retries < 0:
             raise UserError("--request-timeout must be > 0 and --max-retries >= 0")
         if self.engine == "openai":
-            from rlaif.engines.openai_engine import checked_base_url
+            from rlaif.engines.openai_engine import checked_base_urls
 
             # Checked with the settings, before a stage starts its output, not when the
-            # engine is first needed.
-            checked_base_url(self.base_url)
+            # engine is first needed; kept as the list of servers it names.
+            object.__setattr__(self, "base_url", tuple(checked_base_urls(self.base_url)))
+
+
+# Where and how fast the servers answer, not what: left out of fingerprints, so a run may resume
+# (or a shard merge) with other servers of the same model.
+SERVING_ONLY = ("base_url", "api_key_env", "max_concurrency", "request_timeout", "max_retries")
+
+
+def result_settings(settings: EngineSettings) -> dict:
+    """The engine settings that can change what a stage writes."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(settings).items() if k not in SERVING_ONLY}
 
 
 def vllm_available() -> bool:

@@ -26,9 +26,11 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rlaif.engines.base import Chat, Completion, OptionScores, Sampling, logsumexp, per_chat
+from rlaif.engines.fleet import ServerPool
 from rlaif.errors import UserError
 
 TOP_LOGPROBS = 20  # the most the OpenAI API returns (vLLM's default cap as well)
@@ -48,15 +50,21 @@ class OpenAIEngine:
     def __init__(self, model: str, settings):
         import httpx
 
-        self.base_url = checked_base_url(settings.base_url)
+        self.base_urls = checked_base_urls(settings.base_url)
+        self.base_url = self.base_urls[0] if len(self.base_urls) == 1 else "the servers"
         self.max_concurrency = max(1, settings.max_concurrency)
         self.max_retries = max(0, settings.max_retries)
+        self.pool = ServerPool(self.base_urls, self.max_concurrency)
         self.client = httpx.Client(
             timeout=settings.request_timeout,
             headers=_auth_headers(settings.api_key_env),
-            limits=httpx.Limits(max_connections=self.max_concurrency),
+            limits=httpx.Limits(max_connections=self.pool.capacity),
         )
-        self.model_id = self._served_model(model)
+        served = {url: self._served_model(model, url) for url in self.base_urls}
+        if len(set(served.values())) > 1:
+            listed = ", ".join(f"{url} serves {name}" for url, name in served.items())
+            raise UserError(f"the servers serve different models ({listed}); serve one model")
+        self.model_id = next(iter(served.values()))
 
     # -- the Engine interface ------------------------------------------------------------------
 
@@ -146,8 +154,8 @@ class OpenAIEngine:
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    def _served_model(self, spec: str) -> str:
-        response = self._send("GET", "/models")
+    def _served_model(self, spec: str, url: str) -> str:
+        response, _ = self._send("GET", "/models", to=url)
         if response.status_code >= 400:  # some APIs do not list models: use the spec as given
             return spec
         try:
@@ -155,31 +163,28 @@ class OpenAIEngine:
             served = [m.get("id") for m in listed if isinstance(m, dict) and m.get("id")]
         except (ValueError, AttributeError):
             raise UserError(
-                f"{self.base_url}: not an OpenAI-compatible API (its /models is not JSON);"
+                f"{url}: not an OpenAI-compatible API (its /models is not JSON);"
                 " check --base-url (it ends in /v1)"
             ) from None
         if spec in served or not served:
             return spec
         if len(served) == 1:  # the server's one model, whatever it was named at its start
             return served[0]
-        raise UserError(
-            f"{self.base_url} serves {', '.join(served)}; pass one of them as the model"
-        )
+        raise UserError(f"{url} serves {', '.join(served)}; pass one of them as the model")
 
     def _chat(self, body: dict, new_tokens: int) -> dict:
-        response = self._send("POST", "/chat/completions", body)
+        response, url = self._send("POST", "/chat/completions", body)
         if response.status_code < 400:
-            return self._completion(response)
+            return self._completion(response, url)
         message = _error_message(response)
         context = _context_error_from_message(message, new_tokens)
         if context is not None:
             raise context
         raise UserError(
-            f"{self.base_url}: the server refused the request (HTTP {response.status_code}):"
-            f" {message}"
+            f"{url}: the server refused the request (HTTP {response.status_code}): {message}"
         )
 
-    def _completion(self, response) -> dict:
+    def _completion(self, response, url: str) -> dict:
         """The reply of a chat completion, checked to be one: a proxy's HTML page or an empty
         `choices` is named here rather than failing later inside the stage."""
         try:
@@ -187,39 +192,54 @@ class OpenAIEngine:
         except ValueError:
             kind = response.headers.get("content-type", "no content type")
             raise UserError(
-                f"{self.base_url}: not an OpenAI-compatible API (a chat completion came back as"
+                f"{url}: not an OpenAI-compatible API (a chat completion came back as"
                 f" {kind}, not JSON); check --base-url (it ends in /v1)"
             ) from None
         choices = reply.get("choices") if isinstance(reply, dict) else None
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise UserError(
-                f"{self.base_url}: the server's chat completion has no choices; is it an"
+                f"{url}: the server's chat completion has no choices; is it an"
                 " OpenAI-compatible server?"
             )
         return reply
 
-    def _send(self, method: str, path: str, body: dict | None = None):
-        """One request, retried with backoff on rate limits, server errors, timeouts and dropped
-        connections; any other response comes back as it is."""
+    def _send(self, method: str, path: str, body: dict | None = None, to: str | None = None):
+        """One request and the URL of the server that answered it. Rate limits, server errors,
+        timeouts and dropped connections are retried, on another server at once where one is
+        up (see `fleet`), else on the same after a backoff; any other response comes back as
+        it is. `to`: this server only (the start-up check of each server)."""
         import httpx
 
-        url = self.base_url + path
+        failure, url = "no attempt", to or self.base_urls[0]
+        last = None
         for attempt in range(self.max_retries + 1):
+            server = None if to else self.pool.pick(avoid=last)
+            if server is None and not to:  # every server is resting after failures
+                time.sleep(min(self.pool.seconds_until_one_is_up(), MAX_BACKOFF_S))
+                continue
+            url = to or server.url
             retry_after = None
             try:
-                response = self.client.request(method, url, json=body)
+                response = self.client.request(method, url + path, json=body)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as e:
                 failure = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             else:
                 if not _retryable(response.status_code):
-                    return response
+                    if server:
+                        self.pool.release(server, ok=True)
+                    return response, url
                 failure = f"HTTP {response.status_code}: {_error_message(response)}"
                 retry_after = _retry_after_s(response)
-            if attempt < self.max_retries:
+            if server:
+                self.pool.release(server, ok=False)
+            last = url
+            failover = server is not None and self.pool.another_is_up(server)
+            if attempt < self.max_retries and not failover:
                 time.sleep(self._delay(attempt, retry_after))
+        where = url + path if len(self.base_urls) == 1 or to else f"{len(self.base_urls)} servers"
         raise UserError(
-            f"{url}: {failure} (gave up after {self.max_retries + 1} attempts; check the server"
-            " or raise --max-retries)"
+            f"{where}: {failure} (gave up after {self.max_retries + 1} attempts; check the"
+            f" server{'s' if where.endswith('servers') else ''} or raise --max-retries)"
         )
 
     def _delay(self, attempt: int, retry_after: float | None = None) -> float:
@@ -235,7 +255,7 @@ class OpenAIEngine:
         order; the first failure cancels the requests not yet sent."""
         if len(items) <= 1:
             return [fn(item) for item in items]
-        with ThreadPoolExecutor(min(self.max_concurrency, len(items))) as pool:
+        with ThreadPoolExecutor(min(self.pool.capacity, len(items))) as pool:
             futures = [pool.submit(fn, item) for item in items]
             try:
                 return [f.result() for f in futures]
@@ -253,15 +273,29 @@ def option_logprob(top: Sequence[tuple[str, float]], option: str) -> float:
     return logsumexp(found) if found else min(lp for _, lp in top)
 
 
-def checked_base_url(base_url: str | None) -> str:
-    if not base_url:
+def checked_base_urls(base_url) -> list[str]:
+    """The servers' API roots: `--base-url` given once per server, or a file listing them one
+    per line (blank lines and `#` comments skipped)."""
+    given = [base_url] if isinstance(base_url, str) else list(base_url or [])
+    if not given:
         raise UserError(
             "--engine openai needs --base-url, the server's API root"
             " (e.g. http://127.0.0.1:8000/v1)"
         )
-    if not base_url.startswith(("http://", "https://")):
-        raise UserError(f"--base-url {base_url}: give a http:// or https:// URL")
-    return base_url.rstrip("/")
+    urls: list[str] = []
+    for value in given:
+        if not value.startswith(("http://", "https://")) and Path(value).is_file():
+            lines = Path(value).read_text(encoding="utf-8", errors="replace").splitlines()
+            listed = [line.split("#", 1)[0].strip() for line in lines]
+            urls += [u for u in listed if u]
+            if not any(listed):
+                raise UserError(f"--base-url {value}: the file lists no URL")
+        else:
+            urls.append(value)
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise UserError(f"--base-url {url}: give a http:// or https:// URL (or a file of them)")
+    return list(dict.fromkeys(u.rstrip("/") for u in urls))
 
 
 def _auth_headers(api_key_env: str) -> dict[str, str]:
