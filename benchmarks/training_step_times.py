@@ -1,46 +1,47 @@
-"""Wall time per optimiser step of each training stage on the embedded model, side by side.
+"""Seconds per optimiser step and peak memory of each training stage, side by side in one run:
+rlaif in float32, rlaif with --dtype auto (bf16 autocast where the CPU has bf16), and a plain
+TRL script with TRL's own defaults on the same data.
 
-    .venv/bin/python benchmarks/training_step_times.py [--steps 4]
+    .venv/bin/python benchmarks/training_step_times.py [--steps 4] [--stages sft,dpo,train-rm,grpo]
 
-Same data sizes for every stage where they compare: SFT on 16 HH-RLHF conversations (prompt +
-chosen answer), DPO on the same 16 pairs, RL on 8 short prompts with a brevity reward (so the
-reward is cheap and the time is the trainer's: generation + update). Batch 4 pairs or
-conversations, 8 completions (groups of 4) for GRPO/RLOO, 4 prompts for online DPO, max length
-384, completions ≤ 32 tokens. Step time = the Trainer's train_runtime / steps (model loading
-excluded).
+Each (stage, variant) runs in its own process, so its peak RSS is its own. Data: SFT on 16
+HH-RLHF conversations (prompt + chosen answer); DPO and train-rm on the same 16 pairs; GRPO on 8
+short prompts with a brevity reward (cheap, so the time is the trainer's), 8 completions of at
+most 32 tokens per step (groups of 4). Batch 4, max length 384. Step time = the Trainer's
+train_runtime / steps (model loading excluded; DPO's one-off reference pass included).
+Plain TRL keeps its defaults except what a CPU needs (use_cpu, and bf16 off: TRL's bf16=True
+default fails without a GPU) and, for DPO, the explicit reference model a script would load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # toy_rewards
+HH = REPO / "tests" / "data" / "hh-harmless-64.jsonl"
+PROMPTS = REPO / "tests" / "data" / "short-prompts.jsonl"
+STAGES = ("sft", "dpo", "train-rm", "grpo")
+VARIANTS = ("rlaif float32", "rlaif auto", "plain TRL")
 
 
-def hh_rows(n: int) -> list[dict]:
+def hh_pairs(n: int):
     from rlaif.files import read_jsonl
     from rlaif.pairs import parse_pair_records
 
-    path = str(REPO / "tests" / "data" / "hh-harmless-64.jsonl")
-    rows, _ = read_jsonl(path)
-    return parse_pair_records(path, rows)[:n]
+    rows, _ = read_jsonl(str(HH))
+    return parse_pair_records(str(HH), rows)[:n]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=4)
-    steps = parser.parse_args().steps
-
-    from rlaif import dpo, rl, sft
-
-    work = Path(tempfile.mkdtemp(prefix="rlaif-bench-"))
-    records = hh_rows(16)
-    chats = work / "chats.jsonl"
+def write_data(work: Path) -> dict[str, Path]:
+    records = hh_pairs(16)
+    chats, prefs = work / "chats.jsonl", work / "prefs.jsonl"
     chats.write_text(
         "".join(
             json.dumps({"messages": [*r.prompt, {"role": "assistant", "content": r.responses[0]}]})
@@ -48,42 +49,163 @@ def main() -> None:
             for r in records
         )
     )
-    pairs = REPO / "tests" / "data" / "hh-harmless-64.jsonl"
-    prompts = REPO / "tests" / "data" / "short-prompts.jsonl"
-    common = dict(max_steps=steps, save_steps=10_000, max_length=384)
-    runs = {
-        "sft": lambda: sft.run(
-            sft.SFTConfig(data=str(chats), output_dir=str(work / "sft"), batch_size=4, **common)
-        ),
-        "dpo": lambda: dpo.run(
-            dpo.DPOConfig(prefs=str(pairs), output_dir=str(work / "dpo"), batch_size=4, **common)
-        ),
-    }
-    for algo, batch in (("grpo", 8), ("rloo", 8), ("online-dpo", 4)):
-        runs[algo] = lambda algo=algo, batch=batch: rl.run(
-            rl.RLConfig(
-                prompts=str(prompts),
-                output_dir=str(work / algo),
-                algo=algo,
-                reward="toy_rewards:brevity",
-                batch_size=batch,
-                num_generations=4,
-                max_new_tokens=32,
-                **common,
+    prefs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": r.prompt,
+                    "chosen": [{"role": "assistant", "content": r.responses[0]}],
+                    "rejected": [{"role": "assistant", "content": r.responses[1]}],
+                }
             )
+            + "\n"
+            for r in records
         )
-    results = {}
-    for name, run in runs.items():
-        manifest = run()
-        metrics = manifest["metrics"]
-        results[name] = metrics["train_runtime_s"] / metrics["steps"]
-        print(
-            f"{name:11s} {results[name]:6.1f} s/step  ({metrics['steps']} steps,"
-            f" process peak RSS so far {metrics['peak_rss_mib']:.0f} MiB)",
-            flush=True,
+    )
+    return {"chats": chats, "prefs": prefs}
+
+
+def run_rlaif(stage: str, dtype: str, steps: int, work: Path, data: dict) -> dict:
+    manifest = _rlaif_manifest(stage, dtype, steps, work, data)
+    return {**manifest["metrics"], "precision": manifest.get("precision")}
+
+
+def _rlaif_manifest(stage: str, dtype: str, steps: int, work: Path, data: dict) -> dict:
+    from rlaif import dpo, rl, sft, train_rm
+
+    common = dict(max_steps=steps, save_steps=10_000, batch_size=4, dtype=dtype)
+    out = str(work / "out")
+    if stage == "sft":
+        cfg = sft.SFTConfig(data=str(data["chats"]), output_dir=out, max_length=384, **common)
+        return sft.run(cfg)
+    if stage == "dpo":
+        cfg = dpo.DPOConfig(prefs=str(data["prefs"]), output_dir=out, max_length=384, **common)
+        return dpo.run(cfg)
+    if stage == "train-rm":
+        cfg = train_rm.TrainRMConfig(
+            prefs=str(data["prefs"]), output_dir=out, max_length=384, eval_fraction=0, **common
         )
-    base = results["sft"]
-    print("relative to sft: " + ", ".join(f"{k} {v / base:.2f}x" for k, v in results.items()))
+        return train_rm.run(cfg)
+    cfg = rl.RLConfig(
+        prompts=str(PROMPTS),
+        output_dir=out,
+        reward="toy_rewards:brevity",
+        num_generations=4,
+        max_new_tokens=32,
+        **{**common, "batch_size": 8},
+    )
+    return rl.run(cfg)
+
+
+def run_plain_trl(stage: str, steps: int, work: Path, data: dict) -> dict:
+    """What a user's own TRL script does with TRL's defaults."""
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from rlaif.models import EMBEDDED_ALIAS, resolve_model
+    from rlaif.training import load_causal_lm
+
+    path = resolve_model(EMBEDDED_ALIAS).path
+    model, tokenizer = load_causal_lm(path)
+    cpu = dict(output_dir=str(work / "trl"), max_steps=steps, per_device_train_batch_size=4,
+               use_cpu=True, bf16=False, report_to=[], save_strategy="no")  # fmt: skip
+    if stage == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        ds = load_dataset("json", data_files=str(data["chats"]), split="train")
+        trainer = SFTTrainer(
+            model=model, args=SFTConfig(max_length=384, **cpu), train_dataset=ds,
+            processing_class=tokenizer,
+        )  # fmt: skip
+    elif stage == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        ds = load_dataset("json", data_files=str(data["prefs"]), split="train")
+        ref = AutoModelForCausalLM.from_pretrained(path)
+        trainer = DPOTrainer(
+            model=model, ref_model=ref, args=DPOConfig(max_length=384, **cpu), train_dataset=ds,
+            processing_class=tokenizer,
+        )  # fmt: skip
+    elif stage == "train-rm":
+        from trl import RewardConfig, RewardTrainer
+
+        ds = load_dataset("json", data_files=str(data["prefs"]), split="train")
+        rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        rm.config.pad_token_id = tokenizer.pad_token_id
+        trainer = RewardTrainer(
+            model=rm, args=RewardConfig(max_length=384, **cpu), train_dataset=ds,
+            processing_class=tokenizer,
+        )  # fmt: skip
+    else:
+        import toy_rewards
+        from trl import GRPOConfig, GRPOTrainer
+
+        ds = load_dataset("json", data_files=str(PROMPTS), split="train")
+        tokenizer.padding_side = "left"
+        trainer = GRPOTrainer(
+            model=model, reward_funcs=[toy_rewards.brevity], train_dataset=ds,
+            args=GRPOConfig(num_generations=4, max_completion_length=32,
+                            **{**cpu, "per_device_train_batch_size": 8}),
+            processing_class=tokenizer,
+        )  # fmt: skip
+    result = trainer.train()
+    return {
+        "steps": trainer.state.global_step,
+        "train_runtime_s": result.metrics["train_runtime"],
+        "train_loss": result.training_loss,
+    }
+
+
+def one(stage: str, variant: str, steps: int) -> None:
+    """Child process: one (stage, variant); prints one JSON line."""
+    work = Path(tempfile.mkdtemp(prefix="rlaif-bench-"))
+    data = write_data(work)
+    if variant == "plain TRL":
+        metrics = run_plain_trl(stage, steps, work, data)
+    else:
+        metrics = run_rlaif(stage, variant.split()[-1], steps, work, data)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+    print(
+        json.dumps(
+            {
+                "s_per_step": metrics["train_runtime_s"] / metrics["steps"],
+                "peak_rss_gib": peak,
+                "loss": metrics.get("train_loss"),
+                "precision": metrics.get("precision"),
+            }
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--one", nargs=2, metavar=("STAGE", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        one(*args.one, args.steps)
+        return
+    print(f"{'stage':9s} {'variant':14s} {'s/step':>7s} {'peak RSS':>9s} {'loss':>7s}")
+    for stage in args.stages.split(","):
+        base = None
+        for variant in VARIANTS:
+            done = subprocess.run(
+                [sys.executable, __file__, "--steps", str(args.steps), "--one", stage, variant],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode:
+                print(f"{stage:9s} {variant:14s} failed: {done.stderr.strip().splitlines()[-1]}")
+                continue
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            base = base or r["s_per_step"]
+            loss = "n/a" if r["loss"] is None else f"{r['loss']:.4f}"
+            print(
+                f"{stage:9s} {variant:14s} {r['s_per_step']:7.1f} {r['peak_rss_gib']:7.2f} GiB"
+                f" {loss:>7s}   ({base / r['s_per_step']:.2f}x the speed of float32)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ Label modes (as in `train-rm`):
   [1e-3, 1 − 1e-3], the paper's ε for hard labels) makes the target the judge's distribution:
   the loss is minimised exactly where σ(β·Δ) = p, as the soft cross-entropy would be.
 
-The reference model is the starting model unless `--ref-model` says otherwise; with `--lora` it
-is the base model with adapters switched off (no second copy in memory).
+The reference model is the starting model unless `--ref-model` says otherwise. Its
+log-probabilities are computed once before training, without gradients, so the default
+reference costs no second copy of the model and no reference pass per step.
 """
 
 from __future__ import annotations
@@ -169,12 +170,12 @@ def run(cfg: DPOConfig) -> dict:
     from trl import DPOConfig as TRLDPOConfig
 
     model, tokenizer = load_causal_lm(resolved.path, cfg.trust_remote_code)
+    # The reference's log-probabilities are computed once, without gradients, before training
+    # (TRL's precompute_ref_log_probs): with the starting model as the reference, that is the
+    # policy itself before its first step, so no second copy of the model is held at all.
     ref_model = None
     if reference is not None:
         ref_model, _ = load_causal_lm(reference.path, cfg.trust_remote_code)
-    elif not cfg.lora:
-        # An explicit float32 copy: TRL would reload the starting model in its saved dtype.
-        ref_model, _ = load_causal_lm(resolved.path, cfg.trust_remote_code)
     columns = {k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")}
     if cfg.soft:
         columns["label_p"] = [r["p"] for r in rows]
@@ -207,6 +208,7 @@ def run(cfg: DPOConfig) -> dict:
             "label_smoothing": SOFT_EPSILON if cfg.soft else cfg.label_smoothing,
             # keeps `label_p` for the collator (TRL keeps only its own columns otherwise)
             "remove_unused_columns": False,
+            "precompute_ref_log_probs": True,
         },
         lora_task="CAUSAL_LM",
         build_trainer=build_trainer,
