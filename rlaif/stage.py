@@ -26,7 +26,7 @@ from rlaif.files import STDIO, PartialRun, manifest_path, read_jsonl, write_json
 from rlaif.manifest import build_manifest, write_manifest
 from rlaif.options import group, option, output_option
 from rlaif.outputs import existing_output, refuse_output_as_input, up_to_date
-from rlaif.shard import Shard, parse_shard
+from rlaif.shard import Shard, manifest_fields, parse_shard, select
 
 
 @dataclass(kw_only=True)
@@ -171,8 +171,6 @@ class RecordStage:
         rows, self.input_sha = read_jsonl(self.input_path)
         self.parsed = parse(self.input_path, rows)  # the whole input
         self.shard = getattr(cfg, "shard", None)
-        from rlaif.shard import select
-
         self.records = select(self.parsed, self.shard)  # this shard's share
         if self.shard:
             print(
@@ -272,8 +270,6 @@ class RecordStage:
     def manifest(self, *, counts: dict, input_lines: list[int] | None = None, **extra) -> dict:
         """The run's manifest; `input_lines` (each output row's input line) make a shard's
         output mergeable."""
-        from rlaif.shard import manifest_fields
-
         shard_fields = manifest_fields(self.shard, input_lines or [])
         return build_manifest(
             self.name,
