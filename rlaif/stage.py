@@ -196,6 +196,8 @@ class RecordStage:
         }
         self.tokens = TokenCounter()
         self._engines: dict[str, object] = {}
+        # Once: a local model folder's identity stats every file in it.
+        self._model_ids = {f"{role}_model_sha256": m.identity() for role, m in self.models.items()}
         # The manifest of an output that is up to date: the stage has nothing to do.
         self.up_to_date = up_to_date(
             cfg.output, previous, self.fingerprint(), cfg.force, "-o/--output"
@@ -208,7 +210,7 @@ class RecordStage:
             engine=result_settings(self.settings),
             input_sha256=self.input_sha,
             constitution_sha256=self.constitution.sha256 if self.constitution else None,
-            **{f"{role}_model_sha256": m.identity() for role, m in self.models.items()},
+            **self._model_ids,
             **extra,
         )
 
