@@ -595,6 +595,18 @@ case(
 )
 case("merge-missing-file", "merge {d}/a.jsonl -o {d}/m.jsonl", {}, "a.jsonl: no such file")
 case(
+    "merge-output-is-a-shard",
+    "merge {d}/a.jsonl {d}/b.jsonl -o {d}/../{name}/a.jsonl",
+    {"a.jsonl": PAIR, "b.jsonl": PAIR},
+    "is also an input",
+)
+case(
+    "merge-output-is-a-shards-manifest",
+    "merge {d}/a.jsonl -o {d}/a.jsonl.manifest.json",
+    {"a.jsonl": PAIR},
+    "is also an input",
+)
+case(
     "merge-stdin",
     "merge - -o {d}/m.jsonl",
     {},
