@@ -25,10 +25,9 @@ import typer
 from typer._click import exceptions as click_errors
 from typer.core import TyperGroup
 
+from rlaif.config import CONFIG_PARAM
 from rlaif.errors import UserError
 from rlaif.options import CliField, build_config, cli_fields
-
-CONFIG_PARAM = "config"
 
 
 def run_cli(fn: Callable[[], Any]) -> Any:

@@ -21,9 +21,8 @@ from typing import IO, Any
 import jsonlines
 
 from rlaif.errors import at
-from rlaif.outputs import resume_or_refuse
+from rlaif.outputs import STDIO, resume_or_refuse
 
-STDIO = "-"
 PARTIAL_HEADER_KEY = "__rlaif_partial__"
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from rlaif.errors import UserError
 
-STDIO = "-"
+STDIO = "-"  # stdin or stdout, wherever a path is taken
 
 
 def resume_or_refuse(work: Path, recorded: dict | None, fingerprint: dict, force: bool) -> bool:
@@ -112,7 +112,7 @@ def existing_output(output: str, force: bool, *, folder: bool, option: str) -> d
     else:
         if path.is_dir():
             raise UserError(f"{option} {output}: is a folder; give a file path")
-        manifest_file = Path(f"{output}.manifest.json")
+        manifest_file = _manifest_path(output)
     try:
         manifest = read_manifest(manifest_file)
     except UserError:
@@ -159,10 +159,16 @@ def up_to_date(
     return None  # the same settings on changed inputs: make it again, as Make asks
 
 
+def _manifest_path(output: str) -> Path:
+    from rlaif.files import manifest_path  # files imports this module
+
+    return manifest_path(output)
+
+
 def _touch(output: Path) -> None:
     """Newer than its inputs again, contents untouched: Make, which asked for it because an
     input's time changed, then sees it up to date too."""
-    for path in (output, Path(f"{output}.manifest.json"), output / "manifest.json"):
+    for path in (output, _manifest_path(str(output)), output / "manifest.json"):
         if path.is_file():
             os.utime(path)
 
