@@ -228,7 +228,7 @@ def _row(entry: dict, judge_id: str, cfg: JudgingSettings) -> dict:
     p = sum(j["p"] for j in judgements) / len(judgements)  # ensemble over principles
     first_wins = p >= 0.5
     chosen, rejected = (a, b) if first_wins else (b, a)
-    return {
+    row = {
         "id": record.id,
         "prompt": record.prompt,
         "chosen": [{"role": "assistant", "content": chosen}],
@@ -244,3 +244,5 @@ def _row(entry: dict, judge_id: str, cfg: JudgingSettings) -> dict:
         "method": cfg.method + ("+cot" if cfg.cot else ""),
         "judge_model": judge_id,
     }
+    # The input's own fields (groups such as XSTest's `type`) never replace a label field.
+    return row | {k: v for k, v in record.fields.items() if k not in row}

@@ -11,6 +11,7 @@ Each row's shape is detected on its own, so files mixing shapes are fine:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ class PairRecord:
     reference: int | None  # index of the response the input prefers; None: no preference given
     source: str  # the row's shape: "responses" | "explicit" | "implicit" | "hh" | "generate"
     line: int
+    # The row's other scalar fields (e.g. XSTest's `unsafe`, `type`), carried into the label
+    # rows so that `rlaif eval agreement --group-by` can split the figures by them.
+    fields: dict = dataclasses.field(default_factory=dict)
 
     @property
     def identical(self) -> bool:
@@ -79,8 +83,32 @@ def parse_pair_records(path: str, rows: list[tuple[int, dict]]) -> list[PairReco
             raise at(path, line, "the prompt must end with a user message to answer")
         content = {"prompt": prompt, "responses": [a, b]}
         record_id = unique_record_id(path, line, row, content, first_line_of)
-        records.append(PairRecord(record_id, prompt, (a, b), reference, source, line))
+        records.append(
+            PairRecord(record_id, prompt, (a, b), reference, source, line, carried_fields(row))
+        )
     return records
+
+
+# Fields a pair row is read from; every other scalar field is carried through.
+_PAIR_FIELDS = {
+    "id",
+    "prompt",
+    "responses",
+    "preferred",
+    "chosen",
+    "rejected",
+    "initial_response",
+    "final_response",
+}
+
+
+def carried_fields(row: dict) -> dict:
+    """The row's scalar fields that are not the pair itself (labels, groups, sources)."""
+    return {
+        key: value
+        for key, value in row.items()
+        if key not in _PAIR_FIELDS and (value is None or isinstance(value, (str, int, float, bool)))
+    }
 
 
 def _parse_row(path: str, line: int, row: dict) -> tuple[Chat, tuple[str, str], int | None, str]:

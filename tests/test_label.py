@@ -91,6 +91,21 @@ def test_reference_follows_the_presented_order():
         assert r["responses"][r["reference"]] == "x"
 
 
+def test_input_fields_are_carried_but_never_replace_label_fields():
+    rec = PairRecord(
+        "r1",
+        [{"role": "user", "content": "Q?"}],
+        ("good", "bad"),
+        0,
+        "explicit",
+        1,
+        {"unsafe": True, "type": "homonyms", "p": 0.99},
+    )
+    row = judge_one(rec, TableJudge({"good": 0.8, "bad": 0.3}))
+    assert row["unsafe"] is True and row["type"] == "homonyms"
+    assert row["p"] != 0.99
+
+
 def test_generate_method_abstains_on_unparseable_verdicts():
     row = judge_one(
         record(("a", "b")), TableJudge({}, verdict_text="I cannot decide."), method="generate"

@@ -261,3 +261,19 @@ def test_duplicate_ids_are_rejected():
         same,
         same,
     )
+
+
+def test_other_scalar_fields_are_carried_for_grouping(tmp_path):
+    path = tmp_path / "x.jsonl"
+    row = {
+        "prompt": "q",
+        "chosen": "a",
+        "rejected": "b",
+        "unsafe": True,
+        "type": "homonyms",
+        "tags": ["x"],
+        "initial_response": "b",
+    }
+    path.write_text(json.dumps(row) + "\n")
+    (record,) = parse_pair_records(str(path), read_jsonl(str(path))[0])
+    assert record.fields == {"unsafe": True, "type": "homonyms"}
