@@ -6,17 +6,26 @@ stage reads the pairs, judges them chunk by chunk and reports the judge diagnost
 
 from __future__ import annotations
 
+import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from rlaif.calibration import (
+    PlattFit,
+    calibrate_row,
+    calibration_report,
+    format_calibration,
+    reference_outcomes,
+)
 from rlaif.constitution import constitution_option
 from rlaif.diagnostics import format_diagnostics, judge_diagnostics
-from rlaif.errors import UserError
+from rlaif.errors import UserError, at
+from rlaif.files import STDIO
 from rlaif.judging import JudgingSettings, judge_chunk, too_long
 from rlaif.models import EMBEDDED_ALIAS
 from rlaif.options import group, option
 from rlaif.pairs import parse_pair_records
-from rlaif.stage import RecordStage, ShardedRecordSettings
+from rlaif.stage import RecordStage, ShardedRecordSettings, TokenCounter, work_dir
 
 
 @dataclass(kw_only=True)
@@ -39,6 +48,8 @@ class LabelConfig(ShardedRecordSettings):
       rlaif label revisions.jsonl -o check.jsonl --method generate
 
       rlaif label pairs.jsonl -o prefs-3.jsonl --shard 3/8
+
+      rlaif label pairs.jsonl -o prefs.jsonl --calibrate-on reference.jsonl
     """
 
     pairs: str = option(
@@ -58,11 +69,27 @@ class LabelConfig(ShardedRecordSettings):
         help="Fail when more pairs than this cannot be judged (identical, or too long): a"
         " count (0: none may be) or a share such as 5%. Default: skip and count them.",
     )
+    calibrate_on: str | None = option(
+        None,
+        help="Pairs with a known preference (any format above): judge them first, fit Platt"
+        " scaling of the judge's log-odds on them and calibrate every label (p_raw keeps"
+        " the judge's p).",
+    )
+    calibration_folds: int = option(
+        5, help="--calibrate-on: cross-validation folds for the held-out ECE before and after."
+    )
+    # Set by `run`, not an option: the reference file's hash, so that the fingerprint (resume,
+    # "up to date") follows its content, as it follows the input's.
+    calibrate_on_sha256: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
         if self.max_skipped is not None:
             skip_limit(self.max_skipped, 1)  # checks the spelling
+        if self.calibrate_on == STDIO:
+            raise UserError("--calibrate-on -: give a file (standard input is for the pairs)")
+        if self.calibration_folds < 2:
+            raise UserError(f"--calibration-folds {self.calibration_folds}: must be at least 2")
 
 
 def skip_limit(spec: str, total: int) -> int:
@@ -100,7 +127,9 @@ def _too_long(stage: RecordStage, records) -> list[str]:
     )
 
 
-def _report_skipped(unjudgeable: dict[str, str], total: int, max_skipped: str | None) -> None:
+def _report_skipped(
+    unjudgeable: dict[str, str], total: int, max_skipped: str | None, where: str = ""
+) -> None:
     reasons: dict[str, list[str]] = {}
     for record_id, reason in unjudgeable.items():
         reasons.setdefault(reason, []).append(record_id)
@@ -114,13 +143,76 @@ def _report_skipped(unjudgeable: dict[str, str], total: int, max_skipped: str | 
             f" judged ({'; '.join(parts)})"
         )
     print(
-        f"warning: skipping {len(unjudgeable)} of {total} pairs: {'; '.join(parts)}",
+        f"warning: {where}skipping {len(unjudgeable)} of {total} pairs: {'; '.join(parts)}",
         file=sys.stderr,
     )
 
 
+def _read_reference(cfg: LabelConfig) -> tuple[list, str]:
+    """The --calibrate-on pairs (each must state its preference) and the file's hash; read
+    before any model loads, so a bad file fails at once."""
+    from rlaif.files import read_jsonl
+    from rlaif.outputs import refuse_output_as_input
+
+    refuse_output_as_input(cfg.output, [cfg.calibrate_on], "-o/--output")
+    rows, sha = read_jsonl(cfg.calibrate_on)
+    records = parse_pair_records(cfg.calibrate_on, rows)
+    for r in records:
+        if r.reference is None:
+            raise at(
+                cfg.calibrate_on,
+                r.line,
+                "--calibrate-on needs a known preference per pair (chosen/rejected, or"
+                " 'preferred' with 'responses')",
+            )
+    return records, sha
+
+
+def _calibrate(stage: RecordStage, references: list) -> dict:
+    """Judge the reference pairs as the run judges its own (same judge, engine, settings and
+    seed), fit the calibration and print it, before the long run: a useless fit shows at once.
+    Resumable: the judged references are saved in OUT.work/ like the labels themselves."""
+    cfg = stage.cfg
+    unjudgeable = {r.id: "identical responses" for r in references if r.identical}
+    for record_id in _too_long(stage, [r for r in references if not r.identical]):
+        unjudgeable[record_id] = f"longer than --max-model-len {cfg.engine.max_model_len}"
+    kept = [r for r in references if r.id not in unjudgeable]
+    if unjudgeable:
+        _report_skipped(unjudgeable, len(references), None, f"--calibrate-on {cfg.calibrate_on}: ")
+    if len(kept) < cfg.calibration_folds:
+        raise UserError(
+            f"--calibrate-on {cfg.calibrate_on}: {len(kept)} reference pairs to judge, fewer"
+            f" than --calibration-folds {cfg.calibration_folds}"
+        )
+    tokens = TokenCounter()  # kept apart: the manifest's tokens measure the labelling itself
+
+    def process(chunk, advance):
+        judge = stage.engine("judge")
+        return judge_chunk(chunk, judge, cfg.judging, cfg.seed, stage.constitution, tokens, advance)
+
+    output = STDIO if cfg.output == STDIO else str(work_dir(cfg.output) / "reference.jsonl")
+    result = stage.run_chunks(
+        kept, process, output=output, description="judge reference", phase="calibration"
+    )
+    p_raw, outcomes = reference_outcomes(result.rows)
+    # No bias term: a row's p is for the response a seeded coin flip put first, so a bias would
+    # only make the same pair's label depend on that flip.
+    report = calibration_report(p_raw, outcomes, cfg.calibration_folds, cfg.seed, bias=False)
+    report |= {
+        "reference": {"path": cfg.calibrate_on, "sha256": cfg.calibrate_on_sha256},
+        "skipped": len(unjudgeable),
+        "tokens": tokens.tokens,
+    }
+    print(format_calibration(report, cfg.calibrate_on), file=sys.stderr)
+    return report
+
+
 def run(cfg: LabelConfig) -> dict:
     """Label every pair; returns the manifest (with judge diagnostics) and prints the report."""
+    references = None
+    if cfg.calibrate_on:
+        references, sha = _read_reference(cfg)
+        cfg = replace(cfg, calibrate_on_sha256=sha)
     with RecordStage(
         "label",
         cfg,
@@ -142,6 +234,8 @@ def run(cfg: LabelConfig) -> dict:
         if not records and stage.records:
             raise UserError(f"{cfg.pairs}: no pair left to judge ({len(unjudgeable)} skipped)")
 
+        calibration = _calibrate(stage, references) if references is not None else None
+
         def process(chunk, advance):
             judge = stage.engine("judge")
             return judge_chunk(
@@ -149,9 +243,15 @@ def run(cfg: LabelConfig) -> dict:
             )
 
         result = stage.run_chunks(records, process)
-        diagnostics = judge_diagnostics(result.rows)
+        rows = result.rows
+        if calibration:
+            # Applied when publishing, so rows resumed from a partial file get it too.
+            applied = calibration["applied"]
+            fit = PlattFit(applied["a"], applied["b"], None, None, calibration["pairs"])
+            rows = [calibrate_row(row, fit) for row in rows]
+        diagnostics = judge_diagnostics(rows)
         manifest = stage.publish(
-            result.rows,
+            rows,
             counts={
                 "records": len(result.rows),
                 "skipped": len(unjudgeable),
@@ -164,6 +264,11 @@ def run(cfg: LabelConfig) -> dict:
             input_lines=[r.line for r in records],
             diagnostics=diagnostics,
             skipped=unjudgeable,
+            **({"calibration": calibration} if calibration else {}),
         )
+    if calibration and cfg.output != STDIO:
+        shutil.rmtree(work_dir(cfg.output), ignore_errors=True)
     print(format_diagnostics(diagnostics), file=sys.stderr)
+    if calibration:
+        print(format_calibration(calibration, cfg.calibrate_on), file=sys.stderr)
     return manifest

@@ -1,0 +1,238 @@
+"""Calibrated soft labels: Platt scaling checked on synthetic judges of known miscalibration,
+then `rlaif label --calibrate-on` on the embedded judge (hf engine)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+from conftest import DATA
+
+from rlaif import label
+from rlaif.calibration import (
+    PlattFit,
+    calibrate_row,
+    calibration_report,
+    ece,
+    fit_platt,
+    folds_of,
+    held_out,
+    log_loss,
+    sigmoid,
+)
+from rlaif.engines import EngineSettings
+from rlaif.errors import UserError
+
+
+def synthetic_judge(n: int, true_a: float, true_b: float, seed: int, spread: float = 1.5):
+    """A judge whose log-odds x ~ N(0, spread²) and whose p = σ(x) is miscalibrated: the truth
+    is P(outcome = 1) = σ(true_a·x + true_b). Outcomes are drawn from the truth."""
+    rng = random.Random(seed)
+    xs = [rng.gauss(0.0, spread) for _ in range(n)]
+    outcomes = [int(rng.random() < sigmoid(true_a * x + true_b)) for x in xs]
+    return [sigmoid(x) for x in xs], outcomes
+
+
+def test_fit_recovers_a_known_miscalibration():
+    """n = 4000: the fit's standard errors are then ≈ 0.067 for a and ≈ 0.049 for b, so the
+    tolerances (0.25 and 0.2) are ≈ 4 standard errors: a correct fit falls outside them with
+    probability ~1e-4, while a fit off by an eighth of a would fail."""
+    p, y = synthetic_judge(4000, 2.0, -0.5, seed=0)
+    fit = fit_platt(p, y)
+    assert fit.a == pytest.approx(2.0, abs=0.25) and fit.b == pytest.approx(-0.5, abs=0.2)
+    assert fit.a_se == pytest.approx(0.067, rel=0.2) and fit.b_se == pytest.approx(0.049, rel=0.2)
+    # An overconfident judge (its log-odds twice too large) gets a ≈ 0.5.
+    p, y = synthetic_judge(4000, 0.5, 0.0, seed=1)
+    assert fit_platt(p, y).a == pytest.approx(0.5, abs=0.1)  # SE ≈ 0.025 here
+
+
+def test_standard_errors_cover_the_truth():
+    """Over 40 seeded reference sets of 400 pairs, the 95% interval a ± 1.96·SE must hold the
+    true a in about 38 of them; 33 or fewer would happen with probability < 0.5% if the
+    standard errors were right."""
+    covered = 0
+    for seed in range(40):
+        p, y = synthetic_judge(400, 2.0, -0.5, seed=100 + seed)
+        fit = fit_platt(p, y)
+        covered += abs(fit.a - 2.0) <= 1.96 * fit.a_se
+    assert covered >= 34
+
+
+def test_fit_without_bias_holds_b_at_zero():
+    """What `rlaif label` fits: each row's p is for a response put first by a coin flip, so
+    the bias is held at 0 (each pair counted both ways round); a is still recovered."""
+    p, y = synthetic_judge(4000, 2.0, 0.0, seed=2)
+    fit = fit_platt(p, y, bias=False)
+    assert fit.b == 0.0 and fit.b_se is None
+    assert fit.a == pytest.approx(2.0, abs=0.25)  # SE ≈ 0.063, reported per pair, not doubled
+    assert fit.a_se == pytest.approx(fit_platt(p, y).a_se, rel=0.1)
+    # Calibrating the swapped pair gives the complementary label: no dependence on the flip.
+    assert fit.apply(0.3) == pytest.approx(1.0 - fit.apply(0.7))
+
+
+@pytest.mark.parametrize("true_a", [0.5, 2.0])  # overconfident, underconfident
+def test_held_out_calibration_lowers_ece_and_log_loss(true_a):
+    p, y = synthetic_judge(1000, true_a, 0.0, seed=3)
+    report = calibration_report(p, y, folds=5, seed=0, bias=False)
+    assert report["ece_after"] < report["ece_before"]
+    assert report["ece_after"] < 0.05
+    assert report["log_loss_after"] < report["log_loss_before"]
+    assert report["applied"]["a"] == report["fit"]["a"]  # a clear signal: the fit is applied
+    assert report["verdict"].startswith("the judge carries signal")
+
+
+def test_a_judge_at_chance_gets_a_near_zero_and_labels_at_one_half():
+    # n = 4000, log-odds spread 1.5: SE(a) ≈ 0.021, so |a| < 0.1 is ≈ 5 standard errors.
+    rng = random.Random(4)
+    p = [sigmoid(rng.gauss(0.0, 1.5)) for _ in range(4000)]
+    y = [rng.randrange(2) for _ in p]
+    assert abs(fit_platt(p, y).a) < 0.1
+    report = calibration_report(p, y, folds=5, seed=0, bias=False)
+    assert report["signal_p_value"] > 0.05
+    assert report["applied"] == {"a": 0.0, "b": 0.0}
+    assert report["verdict"] == (
+        "the judge carries little signal on the reference; labels pulled to 0.5"
+    )
+    assert report["ece_after"] < report["ece_before"]  # 0.5 is calibrated, if useless
+    assert report["log_loss_after"] == pytest.approx(math.log(2), abs=0.01)
+
+
+def test_a_hedging_judge_at_chance_on_few_pairs_is_not_stretched():
+    """The embedded judge's p stays within 0.45–0.55, so a is barely determined on a few pairs
+    and its maximum-likelihood value is large noise; the labels must not be stretched by it."""
+    rng = random.Random(5)
+    p = [0.5 + rng.uniform(-0.05, 0.05) for _ in range(8)]
+    y = [rng.randrange(2) for _ in p]
+    report = calibration_report(p, y, folds=5, seed=0, bias=False)
+    assert report["fit"]["a_se"] > 1.0  # nothing to learn from 8 pairs this close to 0.5
+    assert report["applied"] == {"a": 0.0, "b": 0.0}
+    assert "labels pulled to 0.5" in report["verdict"]
+
+
+def test_a_judge_that_is_reliably_wrong_is_reversed():
+    p, y = synthetic_judge(500, -1.0, 0.0, seed=6)
+    report = calibration_report(p, y, folds=5, seed=0, bias=False)
+    assert report["applied"]["a"] < -0.7
+    assert "reliably wrong" in report["verdict"]
+
+
+def test_perfect_separation_gives_a_finite_fit():
+    # Maximum likelihood alone would send a to infinity; Platt's smoothed targets stop it.
+    fit = fit_platt([0.9, 0.8, 0.7, 0.3, 0.2, 0.1], [1, 1, 1, 0, 0, 0])
+    assert 0 < fit.a < 20 and math.isfinite(fit.b)
+    # Every p the same: a is not identified; it stays 0 and has no standard error.
+    flat = fit_platt([0.5] * 6, [1, 0, 1, 0, 1, 1])
+    assert flat.a == 0.0 and flat.a_se is None
+
+
+def test_ece_by_hand():
+    # Confidences 0.9 (right), 0.8 (wrong), 0.7 (right), 0.5 (a tie: half right), each alone
+    # in its bin: (0.1 + 0.8 + 0.3 + 0) / 4.
+    assert ece([0.9, 0.8, 0.3, 0.5], [1, 0, 0, 1]) == pytest.approx(0.3)
+    # Two in one bin [0.90, 0.95): mean confidence 0.91, accuracy 0.5.
+    assert ece([0.9, 0.92], [1, 0]) == pytest.approx(0.41)
+    assert ece([], []) is None
+    assert log_loss([0.5, 0.5], [1, 0]) == pytest.approx(math.log(2))
+
+
+def test_folds_are_seeded_and_balanced():
+    folds = folds_of(23, 5, seed=7)
+    assert folds == folds_of(23, 5, seed=7) and folds != folds_of(23, 5, seed=8)
+    assert sorted(folds.count(f) for f in range(5)) == [4, 4, 5, 5, 5]
+    # Held-out predictions come from fits that did not see the pair: a pair's own outcome
+    # cannot move its own prediction.
+    p, y = synthetic_judge(50, 2.0, 0.0, seed=9)
+    flipped = y.copy()
+    flipped[0] = 1 - flipped[0]
+    assert held_out(p, y, 5, 0, False)[0] == held_out(p, flipped, 5, 0, False)[0]
+
+
+def test_calibrated_row_keeps_the_raw_p_and_follows_the_calibrated_one():
+    row = {
+        "id": "r1",
+        "chosen": [{"role": "assistant", "content": "b"}],
+        "rejected": [{"role": "assistant", "content": "a"}],
+        "p_chosen": 0.7,
+        "responses": ["a", "b"],
+        "p": 0.3,
+        "judgements": [{"principle_id": "x", "p_ab": 0.2, "p_ba": 0.4, "p": 0.3}],
+    }
+    out = calibrate_row(row, PlattFit(-1.0, 0.0, None, None, 8))  # reverses the judge
+    assert out["p_raw"] == 0.3 and out["p"] == pytest.approx(0.7)
+    assert out["chosen"][0]["content"] == "a" and out["p_chosen"] == pytest.approx(0.7)
+    assert out["judgements"] == row["judgements"]  # the judge's own verdicts stay
+    assert list(out).index("p_raw") == list(out).index("p") - 1
+
+
+# --- the real stage ---------------------------------------------------------------------------
+
+
+def shortest(path: Path, n: int, out: Path) -> Path:
+    """The n pairs with the least text (for speed on a CPU), in file order."""
+    lines = path.read_text().splitlines(True)
+    sizes = sorted(range(len(lines)), key=lambda i: len(lines[i]))[:n]
+    out.write_text("".join(lines[i] for i in sorted(sizes)))
+    return out
+
+
+def test_label_calibrates_on_reference_pairs_and_a_rerun_is_up_to_date(tmp_path, home_with_model):
+    pairs = shortest(DATA / "hh-harmless-64.jsonl", 6, tmp_path / "hh-6.jsonl")
+    reference = shortest(DATA / "xstest-dev.jsonl", 8, tmp_path / "xstest-8.jsonl")
+    out = tmp_path / "prefs.jsonl"
+
+    def config(**overrides):
+        return label.LabelConfig(
+            pairs=str(pairs),
+            output=str(out),
+            calibrate_on=str(reference),
+            engine=EngineSettings(engine="hf", max_model_len=2048),
+            **overrides,
+        )
+
+    manifest = label.run(config())
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    cal = manifest["calibration"]
+    assert len(rows) == 6 and cal["pairs"] == 8 and cal["folds"] == 5
+    assert cal["fit"]["n"] == 8 and cal["fit"]["b"] == 0.0
+    assert 0 <= cal["ece_before"] <= 1 and 0 <= cal["ece_after"] <= 1
+    sha = hashlib.sha256(reference.read_bytes()).hexdigest()
+    assert cal["reference"] == {"path": str(reference), "sha256": sha}
+    assert manifest["fingerprint"]["calibrate_on_sha256"] == sha
+    assert cal["tokens"]["judge_prompt_tokens"] > 0
+    applied = PlattFit(cal["applied"]["a"], cal["applied"]["b"], None, None, 8)
+    for row in rows:
+        assert row["p"] == pytest.approx(applied.apply(row["p_raw"]))
+        [j] = row["judgements"]
+        assert row["p_raw"] == pytest.approx((j["p_ab"] + j["p_ba"]) / 2)  # the judge's own
+        preferred = row["responses"][0] if row["p"] >= 0.5 else row["responses"][1]
+        assert row["chosen"][0]["content"] == preferred
+        assert row["p_chosen"] == pytest.approx(max(row["p"], 1 - row["p"]))
+    assert not Path(f"{out}.work").exists()  # the judged references are gone once published
+
+    again = label.run(config())
+    assert again.get("up_to_date") and again["calibration"] == cal
+
+    # Another reference file makes the output out of date (here: too few pairs to fit on,
+    # which is refused before any judging).
+    reference.write_text("".join(reference.read_text().splitlines(True)[:3]))
+    with pytest.raises(UserError, match="3 reference pairs to judge, fewer than"):
+        label.run(config())
+
+
+def test_calibrate_on_refuses_pairs_without_a_preference(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "Q?", "responses": ["a", "b"]}\n')
+    reference = tmp_path / "ref.jsonl"
+    reference.write_text('{"prompt": "Q?", "responses": ["a", "b"], "preferred": 1}\n' * 1)
+    reference.write_text(reference.read_text() + '{"prompt": "R?", "responses": ["c", "d"]}\n')
+    cfg = label.LabelConfig(
+        pairs=str(pairs), output=str(tmp_path / "o.jsonl"), calibrate_on=str(reference)
+    )
+    with pytest.raises(UserError, match=r"ref.jsonl:2: --calibrate-on needs a known preference"):
+        label.run(cfg)
+    with pytest.raises(UserError, match="--calibration-folds 1: must be at least 2"):
+        label.LabelConfig(pairs=str(pairs), output="o.jsonl", calibration_folds=1)
