@@ -37,7 +37,8 @@ class LabelConfig(ShardedRecordSettings):
     TRL preference format (prompt, chosen, rejected) plus p_chosen, per-principle and per-order
     probabilities and position_consistent. Judge diagnostics are printed at the end and stored
     in the manifest. Any preference already in the input is kept as `reference`, used only
-    for agreement figures.
+    for agreement figures. With --calibrate-on, the labels are calibrated on reference pairs
+    (Platt scaling, cross-validated; a judge at chance gets labels of 0.5).
 
     Examples:
 
@@ -71,9 +72,9 @@ class LabelConfig(ShardedRecordSettings):
     )
     calibrate_on: str | None = option(
         None,
-        help="Pairs with a known preference (any format above): judge them first, fit Platt"
-        " scaling of the judge's log-odds on them and calibrate every label (p_raw keeps"
-        " the judge's p).",
+        help="JSONL of pairs with a known preference (any shape PAIRS takes): judge them first,"
+        " fit Platt scaling of the judge's log-odds on them and calibrate every label"
+        " (p_raw keeps the judge's p).",
     )
     calibration_folds: int = option(
         5, help="--calibrate-on: cross-validation folds for the held-out ECE before and after."
