@@ -36,8 +36,6 @@ EPS = 1e-6
 ECE_BINS = 10
 # Below this likelihood-ratio p-value the judge is said to carry signal on the reference.
 SIGNAL_P_VALUE = 0.05
-# |a| below this, with no significant signal: the calibrated labels sit near σ(b) ≈ 0.5.
-SMALL_A = 0.5
 
 
 def sigmoid(z: float) -> float:
@@ -279,12 +277,10 @@ def calibration_report(
 def verdict(fit: PlattFit, p_value: float, where: str = "the reference") -> str:
     """What the fit means for the labels, in one line."""
     if p_value >= SIGNAL_P_VALUE:
-        if abs(fit.a) < SMALL_A:
-            return f"the judge carries little signal on {where}; labels pulled to 0.5"
+        # Whatever a is: without a significant signal it is not applied (see `calibrate`).
         return (
-            f"the judge shows no significant signal on {where} (likelihood-ratio p ="
-            f" {p_value:.2f}; a = {fit.a:.2f} is not to be trusted on {fit.n} pairs);"
-            " labels pulled to 0.5: more reference pairs could show a signal"
+            f"the judge carries little signal on {where} (likelihood-ratio p = {p_value:.2f},"
+            f" {fit.n} pairs); labels pulled to 0.5"
         )
     if fit.a < 0:
         return f"the judge is reliably wrong on {where}: calibration reverses its labels"
