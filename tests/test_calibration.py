@@ -244,3 +244,61 @@ def test_calibrate_on_refuses_pairs_without_a_preference(tmp_path):
         label.run(cfg)
     with pytest.raises(UserError, match="--calibration-folds 1: must be at least 2"):
         label.LabelConfig(pairs=str(pairs), output="o.jsonl", calibration_folds=1)
+
+
+class FailingJudge:
+    """Failure injection: a P(A) made from the prompt's length, and a crash on call
+    `fail_on`."""
+
+    model_id = "scripted-judge"
+
+    def __init__(self, fail_on: int | None = None):
+        self.fail_on, self.calls, self.chats = fail_on, 0, 0
+
+    def score_options(self, chats, options, answer_prefix=""):
+        from rlaif.engines.base import OptionScores
+
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise RuntimeError("judge crashed")
+        self.chats += len(chats)
+        ps = [0.2 + 0.1 * (len(chat[-1]["content"]) % 7) for chat in chats]
+        return [OptionScores([math.log(p), math.log(1 - p)], 10) for p in ps]
+
+    def close(self):
+        pass
+
+
+def test_an_interrupted_run_does_not_judge_the_reference_again(
+    tmp_path, home_with_model, monkeypatch, capsys
+):
+    from rlaif.files import partial_path
+    from rlaif.stage import RecordStage
+
+    pairs = shortest(DATA / "hh-harmless-64.jsonl", 6, tmp_path / "hh-6.jsonl")
+    reference = shortest(DATA / "xstest-dev.jsonl", 8, tmp_path / "xstest-8.jsonl")
+    out = tmp_path / "prefs.jsonl"
+    cfg = label.LabelConfig(
+        pairs=str(pairs),
+        output=str(out),
+        calibrate_on=str(reference),
+        engine=EngineSettings(engine="hf", max_model_len=2048),
+    )
+    crashing = FailingJudge(fail_on=2)  # call 1: the reference pairs; call 2: the run's own
+    monkeypatch.setattr(RecordStage, "engine", lambda self, role, share=None: crashing)
+    with pytest.raises(RuntimeError, match="judge crashed"):
+        label.run(cfg)
+    assert crashing.chats == 8 * 2 and not out.exists()
+    assert partial_path(f"{out}.work/reference.jsonl").exists()
+
+    judge = FailingJudge()
+    monkeypatch.setattr(RecordStage, "engine", lambda self, role, share=None: judge)
+    capsys.readouterr()
+    manifest = label.run(cfg)
+    assert judge.chats == 6 * 2  # only the run's own pairs: the reference was kept
+    assert "resuming: 8 of 8 records already done" in capsys.readouterr().err
+    assert manifest["calibration"]["pairs"] == 8 and not Path(f"{out}.work").exists()
+    applied = manifest["calibration"]["applied"]
+    fit = PlattFit(applied["a"], applied["b"], None, None, 8)
+    for row in map(json.loads, out.read_text().splitlines()):
+        assert row["p"] == pytest.approx(fit.apply(row["p_raw"]))
