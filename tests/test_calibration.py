@@ -235,8 +235,10 @@ def test_calibrate_on_refuses_pairs_without_a_preference(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text('{"prompt": "Q?", "responses": ["a", "b"]}\n')
     reference = tmp_path / "ref.jsonl"
-    reference.write_text('{"prompt": "Q?", "responses": ["a", "b"], "preferred": 1}\n' * 1)
-    reference.write_text(reference.read_text() + '{"prompt": "R?", "responses": ["c", "d"]}\n')
+    reference.write_text(
+        '{"prompt": "Q?", "responses": ["a", "b"], "preferred": 1}\n'
+        '{"prompt": "R?", "responses": ["c", "d"]}\n'
+    )
     cfg = label.LabelConfig(
         pairs=str(pairs), output=str(tmp_path / "o.jsonl"), calibrate_on=str(reference)
     )
