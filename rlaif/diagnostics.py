@@ -34,6 +34,7 @@ MIN_CONSISTENCY = 0.5  # below this, order flips the verdict more often than not
 MAX_POSITION_SKEW = 0.8  # a fair judge picks each slot about half the time
 MIN_CONFIDENCE = 0.05  # mean |p − 0.5| below this: labels barely distinguish the pair
 CALIBRATION_BINS = 10  # equal-width bins of confidence over [0.5, 1]: 0.05 wide
+CARD_KIND = "rlaif judge card"  # marks the JSON cards rlaif writes: a rerun may replace them
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 from rlaif.constitution import constitution_option
 from rlaif.diagnostics import (
     CALIBRATION_BINS,
+    CARD_KIND,
     check_label_rows,
     format_diagnostics,
     judge_diagnostics,
@@ -31,7 +32,6 @@ from rlaif.options import group, option
 from rlaif.outputs import check_overwrite, png_written_by_rlaif, refuse_output_as_input
 from rlaif.pairs import parse_pair_records
 
-CARD_KIND = "rlaif judge card"  # marks the JSON cards rlaif writes: a rerun may replace them
 GATE_EXIT_CODE = 3  # 2 is a user's error; 3 says the judge is not good enough, for Make
 
 

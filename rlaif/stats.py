@@ -69,6 +69,13 @@ def format_rate(successes: float, n: int, unit: str = "pairs") -> str:
     )
 
 
+def format_share(share: float, n: int, unit: str = "pairs") -> str:
+    """`format_rate` of a share reported as a mean over `n` items (e.g. TRL's accuracy): the
+    count is share · n, rounded (TRL 1.16 averages per-batch means, equal to k/n for equal
+    batches)."""
+    return format_rate(round(share * n), n, unit)
+
+
 def format_rate_of(figure: dict | None, unit: str = "pairs") -> str:
     """`format_rate` of a `rate(...)`-shaped dict (agreement dicts count `agree`)."""
     if figure is None:
