@@ -316,13 +316,13 @@ def _warnings(diag: dict) -> list[str]:
                 f"too few reference pairs ({agreement['agree']}/{agreement['n']} agree) to tell"
                 " whether the judge agrees with the references; judge more of them."
             )
-        elif agreement["ci95"][0] <= 0.5:
-            out.append(
-                "agreement with reference labels is not above chance:"
-                f" {format_rate(agreement['agree'], agreement['n'])}."
-            )
         else:
-            out += _baseline_warnings(agreement, diag.get("baselines") or {})
+            if agreement["ci95"][0] <= 0.5:
+                out.append(
+                    "agreement with reference labels is not above chance:"
+                    f" {format_rate(agreement['agree'], agreement['n'])}."
+                )
+            out += _baseline_warning(agreement, diag.get("baselines") or {})
     confidence = diag["mean_confidence"]
     if confidence is not None and confidence < MIN_CONFIDENCE:
         out.append(
@@ -332,19 +332,21 @@ def _warnings(diag: dict) -> list[str]:
     return out
 
 
-def _baseline_warnings(agreement: dict, baselines: dict) -> list[str]:
-    """A judge above chance may still only be reading length or position: say so when a
-    trivial rule agrees with the references as often."""
-    out = []
-    for name, figure in baselines.items():
-        if figure is not None and figure["rate"] >= agreement["rate"]:
-            out.append(
-                f"'{name.replace('_', ' ')}' agrees with the references as often as the judge"
-                f" ({format_rate(figure['agree'], figure['n'])} against"
-                f" {format_rate(agreement['agree'], agreement['n'])}): the judge may be"
-                " reading length or position, not content."
-            )
-    return out
+def _baseline_warning(agreement: dict, baselines: dict) -> list[str]:
+    """Even a judge above chance may only be reading length or position: say so when the best
+    trivial rule agrees with the references at least as often."""
+    figures = [(name, f) for name, f in baselines.items() if f is not None]
+    if not figures:
+        return []
+    name, best = max(figures, key=lambda item: item[1]["rate"])
+    if best["rate"] < agreement["rate"]:
+        return []
+    return [
+        f"'{name.replace('_', ' ')}' agrees with the references as often as the judge"
+        f" ({format_rate(best['agree'], best['n'])} against"
+        f" {format_rate(agreement['agree'], agreement['n'])}): the judge may be reading length"
+        " or position, not content."
+    ]
 
 
 def check_label_rows(path: str, rows: list[tuple[int, dict]]) -> list[dict]:

@@ -270,6 +270,9 @@ def test_always_a_judge_warns():
         "the judge chose the first option in 100.0% (12/12; 95% CI 75.7–100.0%) of verdicts:"
         " its labels mostly reflect position bias.",
         "agreement with reference labels is not above chance: 0.0% (0/6; 95% CI 0.0–39.0%).",
+        "'prefer first' agrees with the references as often as the judge (100.0% (6/6; 95% CI"
+        " 61.0–100.0%) against 0.0% (0/6; 95% CI 0.0–39.0%)): the judge may be reading length"
+        " or position, not content.",
         "labels are close to 0.5: the mean |p − 0.5| is 0.000, so they carry little "
         "preference signal.",
     ]
