@@ -13,12 +13,12 @@ Pure standard library, so the report can run wherever the labels are, without a 
 from __future__ import annotations
 
 import json
-import random
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rlaif.stats import (
+    bootstrap_ece_interval,
     calibration_bins,
     expected_calibration_error,
     format_rate,
@@ -208,24 +208,14 @@ def calibration(
     ]
     bins = calibration_bins(confidence, correct, n_bins, low=0.5, high=1.0)
     ece = expected_calibration_error(bins)
-    rng = random.Random(0)
-    n = len(known)
-    samples = []
-    for _ in range(resamples):
-        picks = [rng.randrange(n) for _ in range(n)]
-        sample = calibration_bins(
-            [confidence[i] for i in picks], [correct[i] for i in picks], n_bins, 0.5, 1.0
-        )
-        samples.append(expected_calibration_error(sample))
-    samples.sort()
     # ECE is biased upwards on few pairs (every bin's |gap| is at least its noise); the interval
     # shows how far, and the too-few rule hides a figure the pairs cannot support.
-    ci95 = [samples[int(0.025 * resamples)], samples[min(int(0.975 * resamples), resamples - 1)]]
+    ci95 = bootstrap_ece_interval(confidence, correct, n_bins, 0.5, 1.0, resamples)
     return {
         "ece": ece,
         "ci95": ci95,
         "too_few": too_few(ci95),
-        "pairs": n,
+        "pairs": len(known),
         "n_bins": n_bins,
         "bins": bins,
     }
