@@ -181,17 +181,25 @@ def evaluate_judge(cfg: EvalJudgeConfig) -> dict:
     from rlaif.stage import RecordStage
 
     cfg.check_outputs([cfg.pairs, resolve_constitution_path(cfg.constitution), cfg.judge_model])
+
+    def parse(path: str, rows: list) -> list:
+        # Checked as the pairs are read, before the judge is resolved (a GGUF converted) or
+        # loaded: a misspelt field fails in a second, not after minutes.
+        records = parse_pair_records(path, rows)
+        judgeable = [r for r in records if not r.identical]
+        _check_group_field(cfg.group_by, [r.fields for r in judgeable], path)
+        _check_references(cfg, sum(r.reference is not None for r in judgeable), path)
+        return records
+
     with RecordStage(
         "eval-judge",
         cfg,
         input_field="pairs",
-        parse=parse_pair_records,
+        parse=parse,
         models={"judge": cfg.judge_model},
         constitution=cfg.constitution,
     ) as stage:
         records = [r for r in stage.records if not r.identical]
-        _check_group_field(cfg.group_by, [r.fields for r in records], cfg.pairs)
-        _check_references(cfg, sum(r.reference is not None for r in records), cfg.pairs)
         unfit = set(_too_long(stage, records))
         skipped = len(stage.records) - len(records) + len(unfit)
         if skipped:
