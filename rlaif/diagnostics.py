@@ -1,13 +1,16 @@
-"""Judge diagnostics for `rlaif label` output: is the judge reading the responses or the layout?
+"""The judge card of `rlaif label` output: is the judge reading the responses or the layout?
 
 Every pair is judged in both orders (responses[0] as option A, then as option B), so each
 judgement carries p_ab and p_ba, both P(responses[0] preferred). A judge that reads the
 responses gives the same answer in both orders; one that favours a slot (nearly always "A")
 gives opposite answers, and averaging the two orders then pulls its labels towards 0.5 — soft
 labels that look cautious but carry no signal. These figures make that visible, together with
-verbosity bias (preferring the longer response) and agreement with reference labels.
+verbosity bias (preferring the longer response) and agreement with reference labels, set beside
+trivial rules on the same pairs (prefer the first, second, shorter, longer response), with
+calibration and, on request, per group. Every rate keeps its count and 95% interval.
 
-Pure standard library, so the report can run wherever the labels are, without a model.
+Standard library (numpy for the ECE's bootstrap), so the report runs wherever the labels are,
+without a model.
 """
 
 from __future__ import annotations
