@@ -428,6 +428,10 @@ def _num(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _of_pairs(value: str, d: dict) -> str:
+    return value if value == "n/a" else f"{value} of {d['pairs']} pairs"
+
+
 def _agreement_cell(figure: dict | None) -> str:
     if figure is None:
         return "n/a (no reference labels)"
@@ -531,8 +535,8 @@ def format_diagnostics(diag: dict, title: str = "Judge card") -> str:
         (f"calibration (ECE{bins})", _calibration_cell(calibration_)),
         ("position consistency", _consistency_cell(diag)),
         ("first-position rate", _first_position_cell(diag)),
-        ("mean confidence |p-0.5|", _num(diag["mean_confidence"])),
-        ("label balance (p > 0.5)", _pct(diag["label_balance"])),
+        ("mean confidence |p-0.5|", _of_pairs(_num(diag["mean_confidence"]), diag)),
+        ("label balance (p > 0.5)", _of_pairs(_pct(diag["label_balance"]), diag)),
         ("length correlation", _length_cell(diag)),
     ]
     width = max(len(name) for name, _ in overall)

@@ -399,7 +399,8 @@ def test_format_contains_the_figures(diag):
     lines = card_lines(text)
     assert lines["position consistency"] == "63.6% (7/11; 95% CI 35.4–84.8%)"
     assert lines["first-position rate"] == "47.8% (11/23; 95% CI 29.2–67.0%)"
-    assert lines["label balance (p > 0.5)"] == "50.0%"
+    assert lines["label balance (p > 0.5)"] == "50.0% of 6 pairs"
+    assert lines["mean confidence |p-0.5|"] == "0.167 of 6 pairs"
     assert lines["length correlation"] == "too few pairs (6)"  # Fisher's interval on 6 points
     assert lines["agreement with references"] == "too few pairs (3/5), 1 ties"
     assert lines["baseline: prefer shorter"] == "too few pairs (1/5)"
