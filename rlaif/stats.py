@@ -76,14 +76,6 @@ def format_share(share: float, n: int, unit: str = "pairs") -> str:
     return format_rate(round(share * n), n, unit)
 
 
-def format_rate_of(figure: dict | None, unit: str = "pairs") -> str:
-    """`format_rate` of a `rate(...)`-shaped dict (agreement dicts count `agree`)."""
-    if figure is None:
-        return "n/a"
-    k = figure.get("k", figure.get("agree"))
-    return format_rate(k, figure["n"], unit)
-
-
 def pearson_interval(r: float, n: int, z: float = 1.96) -> tuple[float, float] | None:
     """95% interval of a Pearson r by Fisher's z-transform; None below 4 points (its standard
     error 1/√(n−3) needs n > 3)."""
