@@ -14,7 +14,19 @@ from typing import Annotated
 
 import typer
 
-from rlaif import dpo, generate, label, merge, rl, sample, score, sft, train_rm, winrate
+from rlaif import (
+    dpo,
+    generate,
+    judge_card,
+    label,
+    merge,
+    rl,
+    sample,
+    score,
+    sft,
+    train_rm,
+    winrate,
+)
 from rlaif.commands import OneLineErrors, run_cli, stage_command
 from rlaif.errors import UserError
 
@@ -75,27 +87,8 @@ stage_command(app, "rl", rl.RLConfig, rl.run, _trained("policy"))
 stage_command(app, "score", score.ScoreConfig, score.score_file)
 stage_command(eval_app, "rm", score.EvalRMConfig, score.evaluate_rm)
 stage_command(eval_app, "winrate", winrate.WinrateConfig, winrate.run)
-
-
-@eval_app.command("agreement")
-def eval_agreement(
-    file: Annotated[str, typer.Argument(help="Output of `rlaif label` ('-' for stdin).")],
-):
-    """Print the judge diagnostics of a labelled file: consistency, position bias, agreement.
-
-    Examples:
-
-      rlaif eval agreement prefs.jsonl
-    """
-
-    def work():
-        from rlaif.diagnostics import check_label_rows, format_diagnostics, judge_diagnostics
-        from rlaif.files import read_jsonl
-
-        rows = check_label_rows(file, read_jsonl(file)[0])
-        typer.echo(format_diagnostics(judge_diagnostics(rows)))
-
-    run_cli(work)
+stage_command(eval_app, "agreement", judge_card.EvalAgreementConfig, judge_card.evaluate_agreement)
+stage_command(eval_app, "judge", judge_card.EvalJudgeConfig, judge_card.evaluate_judge)
 
 
 @app.command()

@@ -1,27 +1,43 @@
-"""Judge diagnostics for `rlaif label` output: is the judge reading the responses or the layout?
+"""The judge card of `rlaif label` output: is the judge reading the responses or the layout?
 
 Every pair is judged in both orders (responses[0] as option A, then as option B), so each
 judgement carries p_ab and p_ba, both P(responses[0] preferred). A judge that reads the
 responses gives the same answer in both orders; one that favours a slot (nearly always "A")
 gives opposite answers, and averaging the two orders then pulls its labels towards 0.5 — soft
 labels that look cautious but carry no signal. These figures make that visible, together with
-verbosity bias (preferring the longer response) and agreement with reference labels.
+verbosity bias (preferring the longer response) and agreement with reference labels, set beside
+trivial rules on the same pairs (prefer the first, second, shorter, longer response), with
+calibration and, on request, per group. Every rate keeps its count and 95% interval.
 
-Pure standard library, so the report can run wherever the labels are, without a model.
+Standard library (numpy for the ECE's bootstrap), so the report runs wherever the labels are,
+without a model.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from rlaif.stats import (
+    bootstrap_ece_interval,
+    calibration_bins,
+    expected_calibration_error,
+    format_rate,
+    pearson_interval,
+    rate,
+    too_few,
+    wilson_interval,  # noqa: F401  (re-exported: winrate and older callers import it from here)
+)
 
 # Thresholds for the warnings. They flag judges whose labels are mostly noise; they are not
 # quality bars — a judge can pass all of them and still be wrong in a consistent way.
 MIN_CONSISTENCY = 0.5  # below this, order flips the verdict more often than not
 MAX_POSITION_SKEW = 0.8  # a fair judge picks each slot about half the time
 MIN_CONFIDENCE = 0.05  # mean |p − 0.5| below this: labels barely distinguish the pair
+CALIBRATION_BINS = 10  # equal-width bins of confidence over [0.5, 1]: 0.05 wide
+CARD_KIND = "rlaif judge card"  # marks the JSON cards rlaif writes: a rerun may replace them
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,7 @@ class Judgement:
         return picks
 
 
-# --- small helpers shared by the overall and per-principle figures ---------------------------
+# --- small helpers shared by the overall, per-principle and per-group figures -----------------
 
 
 def _rate(hits: int, n: int) -> float | None:
@@ -90,20 +106,26 @@ def mean_p_first(judgements: list[Judgement]) -> float | None:
     return _mean((j.p_ab + j.p_ba) / 2 for j in judgements if j.paired)
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a binomial rate (95% with the default z).
+def _consistency_counts(judgements: list[Judgement]) -> dict:
+    """Position consistency with its count and interval, as the manifest keeps it."""
+    paired = [j for j in judgements if j.paired]
+    k = sum(j.consistent() for j in paired)
+    return {
+        "position_consistency": _rate(k, len(paired)),
+        "position_consistency_ci95": list(wilson_interval(k, len(paired))),
+        "consistent_judgements": k,
+        "paired_judgements": len(paired),
+    }
 
-    Chosen over the normal approximation because label sets are often small and rates near
-    1, where p ± z·se runs past [0, 1] and claims certainty from a handful of pairs.
-    """
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    z2 = z * z
-    denom = 1 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+
+def _first_position_counts(judgements: list[Judgement]) -> dict:
+    picks = [pick for j in judgements for pick in j.first_position_picks()]
+    return {
+        "first_position_rate": _rate(sum(picks), len(picks)),
+        "first_position_ci95": list(wilson_interval(sum(picks), len(picks))),
+        "first_position_picks": sum(picks),
+        "verdicts": len(picks),
+    }
 
 
 def pearson(xs: list[float], ys: list[float]) -> float | None:
@@ -116,6 +138,92 @@ def pearson(xs: list[float], ys: list[float]) -> float | None:
         return None
 
 
+# --- choices: the judge's, and the trivial rules it is measured against ------------------------
+
+
+def judge_choice(row: dict) -> int | None:
+    """The index of the response the judge preferred; None for a tie (p exactly 0.5)."""
+    return None if row["p"] == 0.5 else (0 if row["p"] > 0.5 else 1)
+
+
+def _by_length(row: dict, longer: bool) -> int | None:
+    a, b = (len(r) for r in row["responses"])  # characters: what a reader sees, any tokenizer
+    if a == b:
+        return None
+    return 0 if (a > b) == longer else 1
+
+
+# "first"/"second" are responses[0]/[1] as stored: `rlaif label` stores each pair in a seeded
+# random order (`judging.presented_order`), so on its output both sit near 50%; on pairs kept in
+# chosen-first order, "prefer first" would agree every time.
+BASELINES = {
+    "prefer_first": lambda row: 0,
+    "prefer_second": lambda row: 1,
+    "prefer_shorter": lambda row: _by_length(row, longer=False),
+    "prefer_longer": lambda row: _by_length(row, longer=True),
+}
+
+
+def _agreement(rows: list[dict], choose=judge_choice) -> dict | None:
+    """How often `choose` picks the reference's preferred response; a non-choice (a tie, or two
+    responses of equal length) counts as a disagreement and is counted in `ties`."""
+    known = [r for r in rows if r.get("reference") is not None]
+    if not known:
+        return None
+    choices = [choose(r) for r in known]
+    agree = sum(c is not None and c == r["reference"] for c, r in zip(choices, known, strict=True))
+    figure = rate(agree, len(known))
+    return {
+        "n": len(known),
+        "agree": agree,
+        "ties": sum(c is None for c in choices),
+        "rate": figure["rate"],
+        "ci95": figure["ci95"],
+        "too_few": figure["too_few"],
+    }
+
+
+def _baselines(rows: list[dict]) -> dict | None:
+    if not any(r.get("reference") is not None for r in rows):
+        return None
+    return {name: _agreement(rows, choose) for name, choose in BASELINES.items()}
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+
+def calibration(
+    rows: list[dict], n_bins: int = CALIBRATION_BINS, resamples: int = 200
+) -> dict | None:
+    """Expected calibration error of the judge's confidence max(p, 1 − p) against whether its
+    choice matches the reference, over `n_bins` equal-width bins of [0.5, 1] (the range a
+    two-way confidence takes), with a seeded percentile-bootstrap 95% interval.
+
+    A tie (p = 0.5) says "either, 50/50": it is counted as half right, so a judge that always
+    says 0.5 is perfectly calibrated (and useless, which the agreement figure shows).
+    """
+    known = [r for r in rows if r.get("reference") is not None]
+    if not known:
+        return None
+    confidence = [max(r["p"], 1 - r["p"]) for r in known]
+    correct = [
+        0.5 if judge_choice(r) is None else float(judge_choice(r) == r["reference"]) for r in known
+    ]
+    bins = calibration_bins(confidence, correct, n_bins, low=0.5, high=1.0)
+    ece = expected_calibration_error(bins)
+    # ECE is biased upwards on few pairs (every bin's |gap| is at least its noise); the interval
+    # shows how far, and the too-few rule hides a figure the pairs cannot support.
+    ci95 = bootstrap_ece_interval(confidence, correct, n_bins, 0.5, 1.0, resamples)
+    return {
+        "ece": ece,
+        "ci95": ci95,
+        "too_few": too_few(ci95),
+        "pairs": len(known),
+        "n_bins": n_bins,
+        "bins": bins,
+    }
+
+
 # --- the figures ------------------------------------------------------------------------------
 
 
@@ -126,23 +234,6 @@ def _length_correlation(rows: list[dict]) -> float | None:
     return pearson(ps, diffs)
 
 
-def _agreement(rows: list[dict]) -> dict | None:
-    """Agreement with the data's own labels; a tie (p exactly 0.5) is a choice of neither."""
-    known = [r for r in rows if r.get("reference") is not None]
-    if not known:
-        return None
-    ties = sum(r["p"] == 0.5 for r in known)
-    agree = sum(r["p"] != 0.5 and (0 if r["p"] > 0.5 else 1) == r["reference"] for r in known)
-    lo, hi = wilson_interval(agree, len(known))
-    return {
-        "n": len(known),
-        "agree": agree,
-        "ties": ties,
-        "rate": agree / len(known),
-        "ci95": [lo, hi],
-    }
-
-
 def _per_principle(judgements: list[Judgement]) -> dict:
     by_id: dict[str, list[Judgement]] = {}
     for j in judgements:
@@ -150,7 +241,7 @@ def _per_principle(judgements: list[Judgement]) -> dict:
     return {
         pid: {
             "judgements": len(js),
-            "position_consistency": position_consistency(js),
+            **_consistency_counts(js),
             "first_position_rate": first_position_rate(js),
             "mean_p_first": mean_p_first(js),
         }
@@ -158,29 +249,73 @@ def _per_principle(judgements: list[Judgement]) -> dict:
     }
 
 
+MISSING_GROUP = "(missing)"
+
+
+def group_key(value) -> str:
+    """A group's name: text as it is, other JSON values as JSON (true, 3, null)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _groups(rows: list[dict], field: str) -> dict:
+    by_value: dict[str, list[dict]] = {}
+    for r in rows:
+        key = group_key(r[field]) if field in r else MISSING_GROUP
+        by_value.setdefault(key, []).append(r)
+    out = {}
+    for key in sorted(by_value):
+        members = by_value[key]
+        judgements = [Judgement.from_dict(j) for r in members for j in r.get("judgements", [])]
+        out[key] = {
+            "pairs": len(members),
+            "agreement": _agreement(members),
+            **_consistency_counts(judgements),
+            "baselines": _baselines(members),
+        }
+    return {"field": field, "by_value": out}
+
+
+def _worst_share(diag: dict) -> tuple[str, float, int, int] | None:
+    """The slot the judge favours, with its share, picks and verdicts."""
+    picks, n = diag.get("first_position_picks"), diag.get("verdicts")
+    if not n:
+        return None
+    first = picks / n
+    return ("first", first, picks, n) if first > 0.5 else ("second", 1 - first, n - picks, n)
+
+
 def _warnings(diag: dict) -> list[str]:
+    """Each warning needs a figure that is not "too few": a warning from two pairs is noise."""
     out = []
+    k, n = diag["consistent_judgements"], diag["paired_judgements"]
     consistency = diag["position_consistency"]
     if consistency is not None and consistency < MIN_CONSISTENCY:
+        if not too_few(diag["position_consistency_ci95"]):
+            out.append(
+                "the judge picks a position, not a response: it chose the same response in both"
+                f" orders in only {format_rate(k, n, 'judgements')} of judgements."
+            )
+    skew = _worst_share(diag)
+    if skew and skew[1] > MAX_POSITION_SKEW and not too_few(wilson_interval(skew[2], skew[3])):
+        slot, _, picks, verdicts = skew
         out.append(
-            "the judge picks a position, not a response: it chose the same response in both "
-            f"orders in only {consistency:.0%} of judgements."
-        )
-    first = diag["first_position_rate"]
-    if first is not None and (first > MAX_POSITION_SKEW or first < 1 - MAX_POSITION_SKEW):
-        slot, share = ("first", first) if first > 0.5 else ("second", 1 - first)
-        out.append(
-            f"the judge chose the {slot} option in {share:.0%} of verdicts: its labels mostly "
-            "reflect position bias."
+            f"the judge chose the {slot} option in {format_rate(picks, verdicts, 'verdicts')} of"
+            " verdicts: its labels mostly reflect position bias."
         )
     agreement = diag["agreement"]
-    if agreement is not None and agreement["ci95"][0] <= 0.5:
-        lo, hi = agreement["ci95"]
-        out.append(
-            "agreement with reference labels is not above chance: "
-            f"{agreement['agree']}/{agreement['n']} = {agreement['rate']:.0%} "
-            f"(95% CI {lo:.0%}–{hi:.0%})."
-        )
+    if agreement is not None:
+        if too_few(agreement["ci95"]):
+            out.append(
+                f"too few reference pairs ({agreement['agree']}/{agreement['n']} agree) to tell"
+                " whether the judge agrees with the references; judge more of them."
+            )
+        else:
+            if agreement["ci95"][0] <= 0.5:
+                out.append(
+                    "agreement with reference labels is not above chance:"
+                    f" {format_rate(agreement['agree'], agreement['n'])}."
+                )
+            out += _baseline_warning(agreement, diag.get("baselines") or {})
     confidence = diag["mean_confidence"]
     if confidence is not None and confidence < MIN_CONFIDENCE:
         out.append(
@@ -188,6 +323,23 @@ def _warnings(diag: dict) -> list[str]:
             "little preference signal."
         )
     return out
+
+
+def _baseline_warning(agreement: dict, baselines: dict) -> list[str]:
+    """Even a judge above chance may only be reading length or position: say so when the best
+    trivial rule agrees with the references at least as often."""
+    figures = [(name, f) for name, f in baselines.items() if f is not None]
+    if not figures:
+        return []
+    name, best = max(figures, key=lambda item: item[1]["rate"])
+    if best["rate"] < agreement["rate"]:
+        return []
+    return [
+        f"'{name.replace('_', ' ')}' agrees with the references as often as the judge"
+        f" ({format_rate(best['agree'], best['n'])} against"
+        f" {format_rate(agreement['agree'], agreement['n'])}): the judge may be reading length"
+        " or position, not content."
+    ]
 
 
 def check_label_rows(path: str, rows: list[tuple[int, dict]]) -> list[dict]:
@@ -231,29 +383,41 @@ def check_label_rows(path: str, rows: list[tuple[int, dict]]) -> list[dict]:
     return out
 
 
-def judge_diagnostics(rows: list[dict]) -> dict:
-    """Figures on a judge's labels (rows written by `rlaif label`); a JSON-serialisable dict.
+def judge_diagnostics(
+    rows: list[dict], group_by: str | None = None, n_bins: int = CALIBRATION_BINS
+) -> dict:
+    """The judge card of `rlaif label` rows: a JSON-serialisable dict.
 
-    A rate with nothing to count is None, never a division by zero.
+    Each rate keeps its count and Wilson 95% interval; a rate with nothing to count is None,
+    never a division by zero. `group_by` adds the figures per value of that row field.
     """
     judgements = [Judgement.from_dict(j) for r in rows for j in r.get("judgements", [])]
+    ps = [float(r["p"]) for r in rows]
+    length_r = _length_correlation(rows)
+    length_ci = None if length_r is None else pearson_interval(length_r, len(rows))
     diag = {
         "pairs": len(rows),
         "judgements": len(judgements),
-        "position_consistency": position_consistency(judgements),
-        "first_position_rate": first_position_rate(judgements),
-        "mean_confidence": _mean(abs(r["p"] - 0.5) for r in rows),
-        "label_balance": _rate(sum(r["p"] > 0.5 for r in rows), len(rows)),
-        "length_correlation": _length_correlation(rows),
+        **_consistency_counts(judgements),
+        **_first_position_counts(judgements),
+        "mean_confidence": _mean(abs(p - 0.5) for p in ps),
+        "label_balance": _rate(sum(p > 0.5 for p in ps), len(rows)),
+        "length_correlation": length_r,
+        "length_correlation_ci95": None if length_ci is None else list(length_ci),
         "agreement": _agreement(rows),
+        "baselines": _baselines(rows),
+        "calibration": calibration(rows, n_bins),
         "abstentions": sum(j.abstained for j in judgements),
         "per_principle": _per_principle(judgements),
     }
+    if group_by is not None:
+        diag["groups"] = _groups(rows, group_by)
     diag["warnings"] = _warnings(diag)
     return diag
 
 
-# --- the report -------------------------------------------------------------------------------
+# --- the card as text ---------------------------------------------------------------------------
+# Manifests written before the card had n and intervals lack some keys: read them with .get.
 
 
 def _pct(x: float | None) -> str:
@@ -264,14 +428,61 @@ def _num(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def _agreement_line(agreement: dict | None) -> str:
-    if agreement is None:
+def _of_pairs(value: str, d: dict) -> str:
+    return value if value == "n/a" else f"{value} of {d['pairs']} pairs"
+
+
+def _agreement_cell(figure: dict | None) -> str:
+    if figure is None:
         return "n/a (no reference labels)"
-    lo, hi = agreement["ci95"]
-    return (
-        f"{agreement['agree']}/{agreement['n']} = {_pct(agreement['rate'])} "
-        f"(95% CI {_pct(lo)}–{_pct(hi)}), {agreement['ties']} ties"
-    )
+    return format_rate(figure["agree"], figure["n"])
+
+
+def _consistency_cell(d: dict) -> str:
+    n = d.get("paired_judgements")
+    if n is None:  # an older manifest: the rate alone
+        return _pct(d.get("position_consistency"))
+    return format_rate(d["consistent_judgements"], n, "judgements")
+
+
+def _first_position_cell(d: dict) -> str:
+    n = d.get("verdicts")
+    if n is None:
+        return _pct(d.get("first_position_rate"))
+    return format_rate(d["first_position_picks"], n, "verdicts")
+
+
+def _length_cell(d: dict) -> str:
+    r, ci = d.get("length_correlation"), d.get("length_correlation_ci95")
+    if r is None:
+        return "n/a"
+    if ci is None:
+        return f"{r:+.3f} ({d['pairs']} pairs)"
+    if too_few(ci, span=2.0):  # r lives in [-1, 1]
+        return f"too few pairs ({d['pairs']})"
+    return f"{r:+.3f} ({d['pairs']} pairs; 95% CI {ci[0]:+.2f} to {ci[1]:+.2f})"
+
+
+def _calibration_cell(c: dict | None) -> str:
+    if c is None:
+        return "n/a (no reference labels)"
+    if c["too_few"]:
+        return f"too few pairs ({c['pairs']})"
+    lo, hi = c["ci95"]
+    return f"{c['ece']:.3f} ({c['pairs']} pairs; 95% CI {lo:.3f}–{hi:.3f})"
+
+
+def _table(header: tuple[str, ...], cells: list[tuple[str, ...]], indent: str = "") -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        # Names read best left-aligned, numbers right-aligned.
+        first, *rest = row
+        return indent + "  ".join(
+            [first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]
+        )
+
+    return [line(header)] + [line(row) for row in cells]
 
 
 def _principle_table(per_principle: dict) -> list[str]:
@@ -280,39 +491,59 @@ def _principle_table(per_principle: dict) -> list[str]:
         (
             pid,
             str(f["judgements"]),
-            _pct(f["position_consistency"]),
+            _consistency_cell(f),
             _pct(f["first_position_rate"]),
             _num(f["mean_p_first"]),
         )
         for pid, f in per_principle.items()
     ]
-    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
+    return _table(header, cells)
 
-    def line(row: tuple[str, ...]) -> str:
-        # Ids read best left-aligned, numbers right-aligned.
-        first, *rest = row
-        return "  ".join(
-            [first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]
+
+def _group_table(groups: dict) -> list[str]:
+    header = (groups["field"], "pairs", "agreement", "consistency", "shorter", "longer")
+    cells = []
+    for key, g in groups["by_value"].items():
+        baselines = g["baselines"] or {}
+        cells.append(
+            (
+                key,
+                str(g["pairs"]),
+                _agreement_cell(g["agreement"]),
+                _consistency_cell(g),
+                _agreement_cell(baselines.get("prefer_shorter")),
+                _agreement_cell(baselines.get("prefer_longer")),
+            )
         )
+    return [f"by {groups['field']} (shorter/longer: the length baselines)", *_table(header, cells)]
 
-    return [line(header)] + [line(row) for row in cells]
 
-
-def format_diagnostics(diag: dict) -> str:
-    """A plain-text report of `judge_diagnostics` output, for the terminal (stderr)."""
+def format_diagnostics(diag: dict, title: str = "Judge card") -> str:
+    """The judge card as plain text, for the terminal and the report."""
+    calibration_ = diag.get("calibration")
+    bins = f", {calibration_['n_bins']} bins" if calibration_ else ""
+    agreement = diag["agreement"]
+    ties = f", {agreement['ties']} ties" if agreement else ""
     overall = [
         ("pairs", str(diag["pairs"])),
         ("judgements", f"{diag['judgements']} ({diag['abstentions']} abstained)"),
-        ("position consistency", _pct(diag["position_consistency"])),
-        ("first-position rate", _pct(diag["first_position_rate"])),
-        ("mean confidence |p-0.5|", _num(diag["mean_confidence"])),
-        ("label balance (p > 0.5)", _pct(diag["label_balance"])),
-        ("length correlation", _num(diag["length_correlation"], "+.3f")),
-        ("agreement", _agreement_line(diag["agreement"])),
+        ("agreement with references", _agreement_cell(agreement) + ties),
+    ]
+    for name, figure in (diag.get("baselines") or {}).items():
+        overall.append((f"  baseline: {name.replace('_', ' ')}", _agreement_cell(figure)))
+    overall += [
+        (f"calibration (ECE{bins})", _calibration_cell(calibration_)),
+        ("position consistency", _consistency_cell(diag)),
+        ("first-position rate", _first_position_cell(diag)),
+        ("mean confidence |p-0.5|", _of_pairs(_num(diag["mean_confidence"]), diag)),
+        ("label balance (p > 0.5)", _of_pairs(_pct(diag["label_balance"]), diag)),
+        ("length correlation", _length_cell(diag)),
     ]
     width = max(len(name) for name, _ in overall)
-    lines = ["Judge diagnostics"]
+    lines = [title]
     lines += [f"  {name.ljust(width)}  {value}" for name, value in overall]
+    if diag.get("groups"):
+        lines += ["", *_group_table(diag["groups"])]
     if diag["per_principle"]:
         lines += ["", *_principle_table(diag["per_principle"])]
     if diag["warnings"]:

@@ -37,17 +37,31 @@ def plot_curves(log_history: list[dict], keys: list[str], path: str | Path, titl
     plt.close(fig)
 
 
-def plot_reliability(bins: list[dict], path: str | Path, title: str) -> None:
-    """Predicted probability (mean per bin) against the observed frequency, with counts."""
+def plot_reliability(
+    bins: list[dict],
+    path: str | Path,
+    title: str,
+    xlabel: str = "predicted P(chosen better)",
+    ylabel: str = "observed frequency",
+) -> None:
+    """Predicted probability (mean per bin) against the observed frequency, with counts.
+
+    The axes span the bins' range: [0, 1] for a reward model's P(first better), [0.5, 1] for a
+    judge's confidence in the response it chose.
+    """
     plt = _pyplot()
+    low, high = bins[0]["low"], bins[-1]["high"]
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    ax.plot([low, high], [low, high], ":", color="grey", label="perfect calibration")
     used = [b for b in bins if b["count"]]
     ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], "o-", label="model")
     for b in used:
         ax.annotate(str(b["count"]), (b["confidence"], b["accuracy"]), fontsize=7)
-    ax.set_xlabel("predicted P(chosen better)")
-    ax.set_ylabel("observed frequency")
+    margin = 0.02 * (high - low)  # markers on the edges stay whole
+    ax.set_xlim(low - margin, high + margin)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()

@@ -17,11 +17,12 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlaif.diagnostics import format_diagnostics
+from rlaif.diagnostics import CARD_KIND, format_diagnostics
 from rlaif.errors import UserError
 from rlaif.files import atomic_output, read_jsonl
 from rlaif.manifest import read_manifest
 from rlaif.outputs import check_overwrite
+from rlaif.stats import format_rate, format_share
 
 EXAMPLES_SHOWN = 3
 GENERATOR = "rlaif report"  # marks the pages rlaif writes: a rerun replaces them, nothing else
@@ -35,6 +36,7 @@ class Run:
     jsonl_stages: dict[str, list[tuple[Path, dict]]] = field(default_factory=dict)
     model_stages: dict[str, list[tuple[Path, dict]]] = field(default_factory=dict)
     rm_evaluations: list[tuple[Path, dict]] = field(default_factory=list)
+    judge_cards: list[tuple[Path, dict]] = field(default_factory=list)
 
 
 def discover(root: Path) -> Run:
@@ -60,6 +62,8 @@ def discover(root: Path) -> Run:
         data = _load(candidate)
         if isinstance(data, dict) and {"accuracy", "ece", "bins"} <= data.keys():
             run.rm_evaluations.append((candidate, data))
+        elif isinstance(data, dict) and data.get("kind") == CARD_KIND:
+            run.judge_cards.append((candidate, data))
     return run
 
 
@@ -111,35 +115,26 @@ def _missing(what: str) -> str:
 
 
 def judge_section(run: Run) -> str:
-    labels = run.jsonl_stages.get("label", [])
-    if not labels:
-        return _section("judge", "Judge", _missing("no `rlaif label` output"))
-    parts = []
-    for output, manifest in labels:
-        diag = manifest.get("diagnostics") or {}
-        parts.append(f"<h3>{_e(output.name)}</h3>")
-        parts.append(f"<pre>{_e(format_diagnostics(diag))}</pre>" if diag else "")
-        per_principle = diag.get("per_principle") or {}
-        if per_principle:
-            rows = [
-                [
-                    pid,
-                    f["judgements"],
-                    _pct(f["position_consistency"]),
-                    _pct(f["first_position_rate"]),
-                    "n/a" if f["mean_p_first"] is None else f"{f['mean_p_first']:.3f}",
-                ]
-                for pid, f in per_principle.items()
-            ]
-            parts.append(
-                _table(
-                    ["principle", "judgements", "consistency", "first-position", "mean p(first)"],
-                    rows,
-                )
-            )
-        for warning in diag.get("warnings", []):
-            parts.append(f'<p class="warning">WARNING: {_e(warning)}</p>')
+    """The judge card of each `rlaif label` output (from its manifest) and of each card that
+    `eval agreement/judge --json` wrote: once each, warnings highlighted."""
+    cards = [
+        (output.name, manifest.get("diagnostics"))
+        for output, manifest in run.jsonl_stages.get("label", [])
+    ]
+    cards += [(path.name, card) for path, card in run.judge_cards]
+    parts = [_card_block(name, diag) for name, diag in cards if diag]
+    if not parts:
+        return _section("judge", "Judge", _missing("no `rlaif label` output or judge card"))
     return _section("judge", "Judge", "".join(parts))
+
+
+def _card_block(name: str, diag: dict) -> str:
+    lines = format_diagnostics(diag, title=f"Judge card: {name}").splitlines()
+    body = "\n".join(
+        f'<span class="warning">{_e(line)}</span>' if line.startswith("WARNING:") else _e(line)
+        for line in lines
+    )
+    return f"<h3>{_e(name)}</h3><pre>{body}</pre>"
 
 
 def _training_block(folder: Path, manifest: dict, title: str) -> str:
@@ -165,19 +160,14 @@ def reward_model_section(run: Run) -> str:
     parts = []
     for folder, manifest in run.model_stages.get("train-rm", []):
         parts.append(_training_block(folder, manifest, "reward model"))
-        accuracy = manifest.get("metrics", {}).get("eval", {}).get("eval_accuracy")
-        if accuracy is not None:
-            held_out = manifest.get("counts", {}).get("eval")
-            parts.append(
-                f"<p>Held-out accuracy against the judge's labels: {_pct(accuracy)}"
-                f" ({_e(held_out)} pairs).</p>"
-            )
+        held_out = held_out_accuracy(manifest)
+        if held_out is not None:
+            parts.append(f"<p>Held-out accuracy against the judge's labels: {_e(held_out)}.</p>")
     for path, report in run.rm_evaluations:
-        lo, hi = report["ci95"]
         parts.append(
             f"<h3>{_e(path.name)}</h3><p>Accuracy against reference labels:"
-            f" {report['correct']}/{report['pairs']} = {_pct(report['accuracy'])}"
-            f" (95% CI {_pct(lo)}–{_pct(hi)}); ECE {report['ece']:.3f}.</p>"
+            f" {_e(format_rate(report['correct'], report['pairs']))};"
+            f" ECE {report['ece']:.3f} ({report['pairs']} pairs).</p>"
         )
         plot = path.with_name(path.stem.replace("-eval", "") + "-reliability.png")
         for candidate in (plot, *sorted(path.parent.glob("*reliability*.png"))):
@@ -186,6 +176,17 @@ def reward_model_section(run: Run) -> str:
                 break
     body = "".join(parts) or _missing("no reward model (`rlaif train-rm`)")
     return _section("reward-model", "Reward model", body)
+
+
+def held_out_accuracy(manifest: dict) -> str | None:
+    """train-rm's held-out accuracy with its count and interval (or "too few pairs")."""
+    accuracy = manifest.get("metrics", {}).get("eval", {}).get("eval_accuracy")
+    n = manifest.get("counts", {}).get("eval")
+    if accuracy is None:
+        return None
+    if not n:
+        return _pct(accuracy)
+    return format_share(accuracy, n)
 
 
 def reward_trend(log_history: list[dict], key: str = "reward", span: int = 3) -> dict | None:
@@ -230,7 +231,6 @@ def winrate_section(run: Run) -> str:
     rows = []
     for output, manifest in run.jsonl_stages.get("eval-winrate", []):
         r = manifest["report"]
-        lo, hi = r["win_rate_ci95"]
         models = manifest.get("models", {})
         rows.append(
             [
@@ -239,7 +239,7 @@ def winrate_section(run: Run) -> str:
                 models.get("baseline", {}).get("spec"),
                 r["prompts"],
                 f"{r['win']} / {r['tie']} / {r['loss']}",
-                f"{_pct(r['win_rate'])} ({_pct(lo)}–{_pct(hi)})",
+                _win_rate(r),
                 f"{r['mean_p_policy']:.3f}",
                 _fmt(r.get("reward", {}).get("difference_mean"), "+.3f"),
             ]
@@ -261,6 +261,10 @@ def winrate_section(run: Run) -> str:
         " flips with the order is a tie. Ties count half.</p>"
     )
     return _section("winrate", "Win rate", _table(header, rows) + note)
+
+
+def _win_rate(r: dict) -> str:
+    return format_rate(r["win"] + r["tie"] / 2, r["prompts"], "prompts")
 
 
 def examples_section(run: Run, shown: int = EXAMPLES_SHOWN) -> str:
@@ -314,23 +318,20 @@ def render(run: Run) -> str:
 
 
 def summary(run: Run) -> str:
-    """A few lines for the terminal: judge, reward model, reward trend, win rates."""
+    """A few lines for the terminal: judge, reward model, reward trend, win rates; each rate
+    with its count and 95% interval, or "too few pairs"."""
     lines = []
-    for output, manifest in run.jsonl_stages.get("label", []):
-        d = manifest.get("diagnostics") or {}
-        lines.append(
-            f"judge ({output.name}): position consistency {_pct(d.get('position_consistency'))},"
-            f" first-position rate {_pct(d.get('first_position_rate'))},"
-            f" mean confidence {_fmt(d.get('mean_confidence'), '.3f')}"
-        )
+    judges = [(o.name, m.get("diagnostics") or {}) for o, m in run.jsonl_stages.get("label", [])]
+    for name, d in judges + [(p.name, card) for p, card in run.judge_cards]:
+        lines.append(f"judge ({name}): {_judge_summary(d)}")
     for folder, manifest in run.model_stages.get("train-rm", []):
-        accuracy = manifest.get("metrics", {}).get("eval", {}).get("eval_accuracy")
-        lines.append(f"reward model ({folder.name}): held-out accuracy {_pct(accuracy)}")
+        held_out = held_out_accuracy(manifest)
+        if held_out is not None:
+            lines.append(f"reward model ({folder.name}): held-out accuracy {held_out}")
     for path, report in run.rm_evaluations:
-        lo, hi = report["ci95"]
         lines.append(
-            f"reward model vs reference labels ({path.name}): {_pct(report['accuracy'])}"
-            f" (95% CI {_pct(lo)}–{_pct(hi)})"
+            f"reward model vs reference labels ({path.name}):"
+            f" {format_rate(report['correct'], report['pairs'])}"
         )
     for folder, _ in run.model_stages.get("rl", []):
         trend = reward_trend(_log_history(folder))
@@ -341,12 +342,25 @@ def summary(run: Run) -> str:
             )
     for output, manifest in run.jsonl_stages.get("eval-winrate", []):
         r = manifest["report"]
-        lo, hi = r["win_rate_ci95"]
         lines.append(
-            f"win rate ({output.name}): {_pct(r['win_rate'])} (95% CI {_pct(lo)}–{_pct(hi)});"
+            f"win rate ({output.name}): {_win_rate(r)};"
             f" win/tie/loss {r['win']}/{r['tie']}/{r['loss']}"
         )
     return "\n".join(lines)
+
+
+def _judge_summary(d: dict) -> str:
+    agreement = d.get("agreement")
+    parts = []
+    if agreement:
+        parts.append(f"agreement {format_rate(agreement['agree'], agreement['n'])}")
+    if d.get("paired_judgements") is not None:
+        consistency = format_rate(d["consistent_judgements"], d["paired_judgements"], "judgements")
+    else:  # a manifest written before the counts were kept
+        consistency = _pct(d.get("position_consistency"))
+    parts.append(f"position consistency {consistency}")
+    parts.append(f"mean confidence {_fmt(d.get('mean_confidence'), '.3f')}")
+    return ", ".join(parts)
 
 
 def check_readable(run: Run) -> None:
@@ -363,6 +377,7 @@ def check_readable(run: Run) -> None:
         for folder, manifest in items
     ]
     singles += [(path, Run(run.root, rm_evaluations=[(path, d)])) for path, d in run.rm_evaluations]
+    singles += [(path, Run(run.root, judge_cards=[(path, d)])) for path, d in run.judge_cards]
     for path, single in singles:
         try:
             render(single)

@@ -6,7 +6,6 @@ import math
 import time
 from dataclasses import dataclass
 
-from rlaif.diagnostics import wilson_interval
 from rlaif.errors import UserError, at
 from rlaif.files import folder_digest, read_jsonl
 from rlaif.manifest import build_manifest
@@ -23,6 +22,13 @@ from rlaif.preferences import is_labelled_row
 from rlaif.records import parse_prompt_records
 from rlaif.reward_model import RewardModel, check_reward_model_folder
 from rlaif.stage import publish
+from rlaif.stats import (
+    calibration_bins,
+    expected_calibration_error,
+    format_rate,
+    too_few,
+    wilson_interval,
+)
 
 RM_HELP = "Reward model folder (from train-rm)."
 BATCH_HELP = "Sequences per forward pass."
@@ -30,35 +36,6 @@ BATCH_HELP = "Sequences per forward pass."
 
 def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
-
-
-def calibration_bins(probs: list[float], outcomes: list[int], n_bins: int = 10) -> list[dict]:
-    """Equal-width bins of predicted probability with their mean prediction and frequency."""
-    bins = [
-        {
-            "low": k / n_bins,
-            "high": (k + 1) / n_bins,
-            "count": 0,
-            "confidence": 0.0,
-            "accuracy": 0.0,
-        }
-        for k in range(n_bins)
-    ]
-    for p, y in zip(probs, outcomes, strict=True):
-        b = bins[min(int(p * n_bins), n_bins - 1)]
-        b["count"] += 1
-        b["confidence"] += p
-        b["accuracy"] += y
-    for b in bins:
-        if b["count"]:
-            b["confidence"] /= b["count"]
-            b["accuracy"] /= b["count"]
-    return bins
-
-
-def expected_calibration_error(bins: list[dict]) -> float:
-    total = sum(b["count"] for b in bins)
-    return sum(b["count"] * abs(b["confidence"] - b["accuracy"]) for b in bins) / max(total, 1)
 
 
 def rm_report(r_first: list[float], r_second: list[float], reference: list[int]) -> dict:
@@ -77,6 +54,7 @@ def rm_report(r_first: list[float], r_second: list[float], reference: list[int])
         "correct": correct,
         "ties": ties,
         "ci95": list(wilson_interval(correct, n)),
+        "too_few": too_few(wilson_interval(correct, n)),
         "mean_margin": sum(abs(a - b) for a, b in zip(r_first, r_second, strict=True)) / max(n, 1),
         "ece": expected_calibration_error(bins),
         "bins": bins,
@@ -84,12 +62,12 @@ def rm_report(r_first: list[float], r_second: list[float], reference: list[int])
 
 
 def format_rm_report(report: dict) -> str:
-    lo, hi = report["ci95"]
+    n = report["pairs"]
     return (
-        f"reward model accuracy  {report['correct']}/{report['pairs']} = {report['accuracy']:.1%}"
-        f" (95% CI {lo:.1%}–{hi:.1%}), {report['ties']} ties\n"
-        f"mean |reward margin|   {report['mean_margin']:.3f}\n"
-        f"calibration (ECE)      {report['ece']:.3f}"
+        f"reward model accuracy  {format_rate(report['correct'], n)}, {report['ties']} ties\n"
+        f"mean |reward margin|   {report['mean_margin']:.3f} ({n} pairs)\n"
+        f"calibration (ECE)      {report['ece']:.3f} ({n} pairs, each in both orders;"
+        f" {len(report['bins'])} bins)"
     )
 
 

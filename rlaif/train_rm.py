@@ -204,5 +204,8 @@ def run(cfg: TrainRMConfig) -> dict:
     )
     accuracy = manifest.get("metrics", {}).get("eval", {}).get("eval_accuracy")
     if accuracy is not None:
-        print(f"held-out accuracy {accuracy:.3f}", file=sys.stderr)
+        from rlaif.stats import format_share  # the figure with its n and 95% CI
+
+        n = manifest["counts"]["eval"]
+        print(f"held-out accuracy {format_share(accuracy, n)}", file=sys.stderr)
     return manifest

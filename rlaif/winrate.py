@@ -163,11 +163,12 @@ def _pct(x: float) -> str:
 
 
 def format_report(report: dict) -> str:
+    from rlaif.stats import format_rate  # the win rate with its n and 95% CI, or "too few"
+
     n = report["prompts"]
-    low, high = report["win_rate_ci95"]
     lines = [
         f"win rate of the policy against the baseline over {n} prompts (ties count half):"
-        f" {_pct(report['win_rate'])} (95% CI {_pct(low)}–{_pct(high)})",
+        f" {format_rate(report['win'] + report['tie'] / 2, n, 'prompts')}",
         f"  win {report['win']} ({_pct(report['win'] / n)}) | tie {report['tie']}"
         f" ({_pct(report['tie'] / n)}) | loss {report['loss']} ({_pct(report['loss'] / n)})",
     ]

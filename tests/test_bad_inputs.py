@@ -83,6 +83,7 @@ READERS = {
     "score": ("score {in} --rm {d}/rm -o {d}/out.jsonl", PAIR, REWARD_MODEL),
     "eval-rm": ("eval rm {in} --rm {d}/rm", PREF, REWARD_MODEL),
     "agreement": ("eval agreement {in}", LABELLED + b"\n", {}),
+    "judge": ("eval judge {in} --engine hf", PAIR, {}),
     "show": ("show {in}", PROMPT, {}),
 }
 BAD_FILES = {
@@ -219,6 +220,26 @@ case(
     "eval agreement {d}/in.jsonl",
     {"in.jsonl": LABELLED + b"\n" + b'{"p": 0.5, "responses": ["a", "b"]}\n'},
     "in.jsonl:2: not an `rlaif label` row",
+)
+# The judge card's options: checked before any file is read or model loaded.
+CARD_OPTIONS = {
+    "min-agreement-range": ("--min-agreement 1.5", "--min-agreement 1.5: a rate in [0, 1]"),
+    "bins-zero": ("--bins 0", "--bins 0: must be at least 1"),
+    "plot-stdout": ("--plot -", "--plot -: a PNG needs a file path"),
+    "group-by-missing": ("--group-by nope", "--group-by nope: no row of"),
+    "plot-is-json": ("--plot {d}/c --json {d}/c", "--plot and --json are the same file"),
+}
+for problem, (flags, expect) in CARD_OPTIONS.items():
+    for command, row in (("agreement", LABELLED + b"\n"), ("judge", PAIR)):
+        argv = f"eval {command} {{d}}/in.jsonl --engine hf {flags}".replace(
+            " --engine hf", "" if command == "agreement" else " --engine hf"
+        )
+        case(f"card-{command}-{problem}", argv, {"in.jsonl": row}, expect)
+case(
+    "card-judge-gate-without-references",
+    "eval judge {d}/in.jsonl --engine hf --min-agreement 0.5",
+    {"in.jsonl": PAIR},
+    "--min-agreement: ",
 )
 SHOW_ROWS = {
     "not-generate": (PROMPT, "not an `rlaif generate` output"),

@@ -23,6 +23,7 @@ COMMANDS = [
     ["sample"],
     ["eval"],
     ["eval", "agreement"],
+    ["eval", "judge"],
     ["eval", "rm"],
     ["train-rm"],
     ["score"],

@@ -10,7 +10,15 @@ import json
 
 import pytest
 
-from rlaif.diagnostics import format_diagnostics, judge_diagnostics, wilson_interval
+from rlaif.diagnostics import format_diagnostics, judge_diagnostics
+from rlaif.stats import (
+    cohen_kappa,
+    format_rate,
+    pearson_interval,
+    rate,
+    too_few,
+    wilson_interval,
+)
 
 
 def j(principle_id: str, p_ab: float | None, p_ba: float | None, abstained: bool = False):
@@ -115,6 +123,69 @@ def test_agreement(diag):
     assert (a["n"], a["agree"], a["ties"]) == (5, 3, 1)
     assert a["rate"] == approx(0.6)
     assert a["ci95"] == [approx(0.2307), approx(0.8824)]
+    assert a["too_few"]  # 0.65 wide: more than half of [0, 1]
+
+
+def test_baselines_on_the_same_pairs(diag):
+    # The 5 rows with a reference (refs 0, 1, 0, 1, 0; lengths 4/2, 1/3, 2/2, 13/5, 1/1).
+    # first: right on refs 0 -> 3/5. second: 2/5. shorter picks 1, 0, -, 1, - -> right only on
+    # row 4 -> 1/5 with 2 ties (equal lengths). longer picks 0, 1, -, 0, - -> rows 1, 2 -> 2/5.
+    b = diag["baselines"]
+    assert [(b[k]["agree"], b[k]["n"], b[k]["ties"]) for k in b] == [
+        (3, 5, 0),
+        (2, 5, 0),
+        (1, 5, 2),
+        (2, 5, 2),
+    ]
+    assert list(b) == ["prefer_first", "prefer_second", "prefer_shorter", "prefer_longer"]
+
+
+def test_calibration_by_hand(diag):
+    # Confidence max(p, 1-p) and right? of the 5 referenced rows: .75 ✓, .75 ✓, .6 ✓, .65 ✗,
+    # .5 tie (half right). Bins of width .05 over [.5, 1]: [.5] acc .5 -> gap 0; [.6] acc 1 ->
+    # .4; [.65] acc 0 -> .65; [.75, .75] acc 1 -> .25 each. ECE = (0 + .4 + .65 + .5) / 5 = .31.
+    c = diag["calibration"]
+    assert c["n_bins"] == 10 and c["pairs"] == 5
+    assert c["ece"] == approx(0.31)
+    counts = {round(b["low"], 2): b["count"] for b in c["bins"] if b["count"]}
+    assert counts == {0.5: 1, 0.6: 1, 0.65: 1, 0.75: 2}  # 0.6 opens its bin, not the one below
+    lo, hi = c["ci95"]
+    assert lo <= c["ece"] <= hi
+
+
+def test_calibration_of_a_calibrated_and_an_overconfident_judge():
+    # Says .8 and is right 8 times in 10: ECE 0. Says .95 and is right 5 times in 10: .45.
+    calibrated = [pair(0.8, 0.8, reference=0 if i < 8 else 1) for i in range(10)]
+    assert judge_diagnostics(calibrated)["calibration"]["ece"] == approx(0.0)
+    overconfident = [pair(0.95, 0.95, reference=i % 2) for i in range(10)]
+    assert judge_diagnostics(overconfident)["calibration"]["ece"] == approx(0.45)
+    # Fewer bins put .8 and .95 together: 20 pairs at mean confidence .875, 13/20 right.
+    both = judge_diagnostics(calibrated + overconfident, n_bins=2)["calibration"]
+    assert both["ece"] == approx(0.875 - 0.65)
+
+
+def test_group_by(diag):
+    rows = [{**r, "kind": "long" if len(r["responses"][0]) > 1 else "short"} for r in TABLE]
+    del rows[5]["kind"]  # a row without the field is grouped as "(missing)"
+    g = judge_diagnostics(rows, group_by="kind")["groups"]
+    assert g["field"] == "kind" and list(g["by_value"]) == ["(missing)", "long", "short"]
+    # long: rows 1, 3, 4 -> agree on 1 and 3 -> 2/3; short: rows 2, 5 -> row 2 agrees, 5 ties.
+    long_, short = g["by_value"]["long"], g["by_value"]["short"]
+    assert (long_["pairs"], long_["agreement"]["agree"], long_["agreement"]["n"]) == (3, 2, 3)
+    assert (short["agreement"]["agree"], short["agreement"]["ties"]) == (1, 1)
+    # Consistency per group: long has rows 1 (2/2), 3 (0/2), 4 (1/1 paired) -> 3/5.
+    assert (long_["consistent_judgements"], long_["paired_judgements"]) == (3, 5)
+    assert g["by_value"]["(missing)"]["agreement"] is None
+    text = format_diagnostics(judge_diagnostics(rows, group_by="kind"))
+    assert "by kind" in text and "too few pairs (2/3)" in text
+
+
+def test_group_values_are_named_as_json():
+    rows = [{**pair(0.9, 0.8), "unsafe": True}, {**pair(0.2, 0.1, 1), "unsafe": False}]
+    assert list(judge_diagnostics(rows, group_by="unsafe")["groups"]["by_value"]) == [
+        "false",
+        "true",
+    ]
 
 
 def test_per_principle(diag):
@@ -125,6 +196,9 @@ def test_per_principle(diag):
     assert pp["helpful"] == {
         "judgements": 6,
         "position_consistency": approx(4 / 6),
+        "position_consistency_ci95": list(wilson_interval(4, 6)),
+        "consistent_judgements": 4,
+        "paired_judgements": 6,
         "first_position_rate": approx(0.5),
         "mean_p_first": approx(3.1 / 6),  # 0.5167
     }
@@ -133,16 +207,20 @@ def test_per_principle(diag):
     assert pp["harmless"] == {
         "judgements": 6,
         "position_consistency": approx(0.6),
+        "position_consistency_ci95": list(wilson_interval(3, 5)),
+        "consistent_judgements": 3,
+        "paired_judgements": 5,
         "first_position_rate": approx(5 / 11),  # 0.4545
         "mean_p_first": approx(0.46),
     }
 
 
 def test_table_warns_only_about_agreement(diag):
-    # Consistency .64, first rate .48 and confidence .17 are fine; the agreement CI's lower
-    # bound .23 is not above chance.
+    # Consistency .64, first rate .48 and confidence .17 are fine; 5 reference pairs are too
+    # few to say whether the judge agrees with them, and that is what it says.
     assert diag["warnings"] == [
-        "agreement with reference labels is not above chance: 3/5 = 60% (95% CI 23%–88%)."
+        "too few reference pairs (3/5 agree) to tell whether the judge agrees with the"
+        " references; judge more of them."
     ]
 
 
@@ -188,10 +266,13 @@ def test_always_a_judge_warns():
     assert d["agreement"]["ties"] == 6 and d["agreement"]["agree"] == 0
     assert d["warnings"] == [
         "the judge picks a position, not a response: it chose the same response in both "
-        "orders in only 0% of judgements.",
-        "the judge chose the first option in 100% of verdicts: its labels mostly reflect "
-        "position bias.",
-        "agreement with reference labels is not above chance: 0/6 = 0% (95% CI 0%–39%).",
+        "orders in only 0.0% (0/6; 95% CI 0.0–39.0%) of judgements.",
+        "the judge chose the first option in 100.0% (12/12; 95% CI 75.7–100.0%) of verdicts:"
+        " its labels mostly reflect position bias.",
+        "agreement with reference labels is not above chance: 0.0% (0/6; 95% CI 0.0–39.0%).",
+        "'prefer first' agrees with the references as often as the judge (100.0% (6/6; 95% CI"
+        " 61.0–100.0%) against 0.0% (0/6; 95% CI 0.0–39.0%)): the judge may be reading length"
+        " or position, not content.",
         "labels are close to 0.5: the mean |p − 0.5| is 0.000, so they carry little "
         "preference signal.",
     ]
@@ -200,18 +281,37 @@ def test_always_a_judge_warns():
 def test_always_b_judge_warns_about_the_second_slot():
     d = judge_diagnostics([pair(0.1, 0.9, reference=None) for _ in range(3)])
     assert d["first_position_rate"] == 0.0
-    assert "the judge chose the second option in 100% of verdicts" in d["warnings"][1]
+    # 0 of 3 paired judgements consistent is too few to warn about (Wilson 0–56%)...
+    assert not any("picks a position" in w for w in d["warnings"])
+    # ...but 6 of 6 verdicts on the second slot is not (Wilson 61–100%).
+    assert any(
+        w.startswith("the judge chose the second option in 100.0% (6/6;") for w in d["warnings"]
+    )
 
 
 def test_good_judge_does_not_warn():
     # Consistent and confident, alternating which response wins, agreeing with all 6 refs:
     # first rate 6/12 = .5, Wilson(6, 6) lower bound .61 > .5.
-    rows = [pair(0.9, 0.8, 0), pair(0.2, 0.1, 1)] * 3
+    # Lengths say nothing: the longer response is responses[0] in every pair, preferred half
+    # the time, so no baseline does as well as the judge.
+    rows = [pair(0.9, 0.8, 0, lengths=(5, 3)), pair(0.2, 0.1, 1, lengths=(5, 3))] * 3
     d = judge_diagnostics(rows)
     assert d["position_consistency"] == 1.0
     assert d["first_position_rate"] == 0.5
     assert d["agreement"]["rate"] == 1.0
     assert d["warnings"] == []
+
+
+def test_a_judge_no_better_than_a_length_rule_is_named():
+    # Agrees 10/12 (Wilson 55-95%: above chance), but always with the longer response, and
+    # so does "prefer longer".
+    rows = [pair(0.9, 0.8, 0, lengths=(9, 3)), pair(0.2, 0.1, 1, lengths=(3, 9))] * 5
+    rows += [pair(0.9, 0.8, 1, lengths=(9, 3))] * 2
+    d = judge_diagnostics(rows)
+    assert d["agreement"]["agree"] == 10 and d["agreement"]["ci95"][0] > 0.5
+    assert d["baselines"]["prefer_longer"]["agree"] == 10
+    [warning] = d["warnings"]
+    assert warning.startswith("'prefer longer' agrees with the references as often as the judge")
 
 
 def test_length_correlation_sign():
@@ -270,6 +370,8 @@ def test_empty_rows():
         "label_balance",
         "length_correlation",
         "agreement",
+        "baselines",
+        "calibration",
     ):
         assert d[key] is None, key
     assert d["per_principle"] == {} and d["warnings"] == []
@@ -285,13 +387,24 @@ def table_row(text: str, first_cell: str) -> list[str]:
     return line.split()
 
 
+def card_lines(text: str) -> dict[str, str]:
+    """The card's `name  value` lines as a mapping (padding is not asserted)."""
+    pairs = [line.strip().split("  ", 1) for line in text.splitlines()[1:] if line.strip()]
+    return {p[0]: p[1].strip() for p in pairs if len(p) == 2}
+
+
 def test_format_contains_the_figures(diag):
     text = format_diagnostics(diag)
-    assert "position consistency     63.6%" in text
-    assert "first-position rate      47.8%" in text
-    assert "label balance (p > 0.5)  50.0%" in text
-    assert "length correlation       +0.718" in text
-    assert "3/5 = 60.0% (95% CI 23.1%–88.2%), 1 ties" in text
+    assert text.startswith("Judge card\n")
+    lines = card_lines(text)
+    assert lines["position consistency"] == "63.6% (7/11; 95% CI 35.4–84.8%)"
+    assert lines["first-position rate"] == "47.8% (11/23; 95% CI 29.2–67.0%)"
+    assert lines["label balance (p > 0.5)"] == "50.0% of 6 pairs"
+    assert lines["mean confidence |p-0.5|"] == "0.167 of 6 pairs"
+    assert lines["length correlation"] == "too few pairs (6)"  # Fisher's interval on 6 points
+    assert lines["agreement with references"] == "too few pairs (3/5), 1 ties"
+    assert lines["baseline: prefer shorter"] == "too few pairs (1/5)"
+    assert lines["calibration (ECE, 10 bins)"].startswith("0.310 (5 pairs; 95% CI")
     # The per-principle table: one row per principle, in the order they were first seen.
     assert table_row(text, "principle") == [
         "principle",
@@ -301,15 +414,68 @@ def test_format_contains_the_figures(diag):
         "mean",
         "p(first)",
     ]
-    assert table_row(text, "helpful") == ["helpful", "6", "66.7%", "50.0%", "0.517"]
-    assert table_row(text, "harmless") == ["harmless", "6", "60.0%", "45.5%", "0.460"]
+    assert table_row(text, "helpful") == "helpful 6 too few judgements (4/6) 50.0% 0.517".split()
+    assert table_row(text, "harmless")[-2:] == ["45.5%", "0.460"]
     assert text.count("WARNING: ") == 1
-    assert "WARNING: agreement with reference labels is not above chance" in text
+    assert "WARNING: too few reference pairs" in text
 
 
 def test_format_prints_na_for_nulls():
     row = {"responses": ["a", "b"], "p": 0.8, "judgements": [j("helpful", 0.8, None)]}
     text = format_diagnostics(judge_diagnostics([row]))
-    assert "position consistency     n/a" in text
-    assert "agreement                n/a (no reference labels)" in text
-    assert table_row(text, "helpful") == ["helpful", "1", "n/a", "100.0%", "n/a"]
+    assert card_lines(text)["position consistency"] == "n/a (no judgements)"
+    assert card_lines(text)["agreement with references"] == "n/a (no reference labels)"
+    assert table_row(text, "helpful") == "helpful 1 n/a (no judgements) 100.0% n/a".split()
+
+
+def test_format_reads_a_manifest_written_before_the_counts():
+    # Older label manifests kept the rates alone: the report still shows them.
+    old = {
+        "pairs": 2,
+        "judgements": 2,
+        "abstentions": 0,
+        "position_consistency": 0.5,
+        "first_position_rate": 0.5,
+        "mean_confidence": 0.2,
+        "label_balance": 0.5,
+        "length_correlation": None,
+        "agreement": None,
+        "per_principle": {},
+        "warnings": [],
+    }
+    assert card_lines(format_diagnostics(old))["position consistency"] == "50.0%"
+
+
+# --- rlaif.stats -------------------------------------------------------------------------------
+
+
+def test_too_few_pairs_rule():
+    # Wilson width at a 50% rate: 0.509 with 11 pairs, 0.492 with 12; at 0/n, 0.56 with 3.
+    assert format_rate(5.5, 11) == "too few pairs (5.5/11)"
+    assert format_rate(6, 12) == "50.0% (6/12; 95% CI 25.4–74.6%)"
+    assert format_rate(0, 3) == "too few pairs (0/3)"
+    assert format_rate(0, 4).startswith("0.0% (0/4; 95% CI 0.0–49.0%)")
+    # What `make demo` printed as "held-out accuracy 0.0%": 0 of 2 pairs.
+    assert format_rate(0, 2) == "too few pairs (0/2)"
+    assert format_rate(0, 0, "judgements") == "n/a (no judgements)"
+    assert rate(6, 12)["too_few"] is False and rate(1, 2)["too_few"] is True
+    assert too_few((-0.9, 0.2), span=2.0) is True and too_few((0.1, 0.9), span=2.0) is False
+
+
+def test_pearson_interval_by_hand():
+    # r = .5 on 28 points: atanh .5493 ± 1.96/5 -> tanh(.1573), tanh(.9413) = .1560, .7358.
+    lo, hi = pearson_interval(0.5, 28)
+    assert (lo, hi) == (approx(0.1560), approx(0.7358))
+    assert pearson_interval(0.5, 3) is None
+
+
+def test_cohen_kappa_by_hand():
+    # Observed agreement 3/4; rates of True .5 and .25: chance .5·.25 + .5·.75 = .5.
+    # kappa = (.75 - .5) / (1 - .5) = .5.
+    assert cohen_kappa([True, True, False, False], [True, False, False, False]) == approx(0.5)
+    assert cohen_kappa([True, False, True], [True, False, True]) == 1.0
+    assert cohen_kappa([True, False], [False, True]) == -1.0  # always disagreeing
+    assert cohen_kappa([True, True], [True, True]) is None  # chance agreement is 1
+    assert cohen_kappa([], []) is None
+    with pytest.raises(ValueError):
+        cohen_kappa([True], [True, False])

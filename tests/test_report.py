@@ -6,6 +6,7 @@ on small made-up figures, so the test checks the page, not minutes of training.
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import rlaif_cmd
 
-from rlaif.diagnostics import judge_diagnostics
+from rlaif.diagnostics import CARD_KIND, judge_diagnostics
 from rlaif.files import write_json, write_jsonl
 from rlaif.plots import plot_curves, plot_reliability
+from rlaif.report import discover, render, summary
 from rlaif.score import rm_report
 from rlaif.winrate import outcome, winrate_report
 
@@ -73,7 +75,7 @@ def make_run(root: Path) -> Path:
         rm / "manifest.json",
         {
             "stage": "train-rm",
-            "counts": {"steps": 5, "eval": 4},
+            "counts": {"steps": 5, "eval": 40},
             "metrics": {"train_loss": 0.6, "eval": {"eval_accuracy": 0.75}},
             "models": {"base": {"spec": "smollm2-135m-instruct"}},
         },
@@ -121,8 +123,35 @@ def test_report_sections_and_summary(tmp_path):
     assert "Call a locksmith." in page and "crime_fraud" in page
     assert "<h3>DPO" not in page  # the unfinished run is not reported
     assert "RL reward (rl): 0.200 → 0.500" in done.stdout
-    assert "held-out accuracy 75.0%" in done.stdout
-    assert "win rate (winrate-rl.jsonl)" in done.stdout
+    assert "held-out accuracy 75.0% (30/40; 95% CI 59.8–85.8%)" in done.stdout
+    assert "win rate (winrate-rl.jsonl): too few prompts (2.5/4)" in done.stdout
+    assert "judge (prefs.jsonl): agreement too few pairs (3/4)" in done.stdout
+    # The judge card appears once, its warnings once and highlighted.
+    assert page.count("Judge card: prefs.jsonl") == 1
+    warnings = judge_diagnostics(label_rows())["warnings"]
+    assert warnings and all(page.count(html.escape(w)) == 1 for w in warnings)
+    assert page.count('<span class="warning">WARNING:') == len(warnings)
+
+
+def test_a_figure_from_two_pairs_is_too_few(tmp_path):
+    # What `make demo` printed as "reward model (rm): held-out accuracy 0.0%": 0 of 2 pairs.
+    root = tmp_path / "run"
+    (root / "rm").mkdir(parents=True)
+    write_json(
+        root / "rm" / "manifest.json",
+        {"stage": "train-rm", "counts": {"eval": 2}, "metrics": {"eval": {"eval_accuracy": 0.0}}},
+    )
+    assert summary(discover(root)) == "reward model (rm): held-out accuracy too few pairs (0/2)"
+
+
+def test_judge_cards_written_by_eval_are_reported(tmp_path):
+    root = tmp_path / "run"
+    root.mkdir()
+    card = {"kind": CARD_KIND, "source": "ref.jsonl", **judge_diagnostics(label_rows() * 5)}
+    write_json(root / "judge-card.json", card)
+    run = discover(root)
+    assert "judge (judge-card.json): agreement 75.0% (15/20; 95% CI 53.1–88.8%)" in summary(run)
+    assert render(run).count("Judge card: judge-card.json") == 1
 
 
 def test_a_missing_folder_is_one_clear_error(tmp_path):

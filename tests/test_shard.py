@@ -358,7 +358,7 @@ def test_merged_label_shards_equal_one_run(labelled_shards):
     assert [m["counts"]["records"] for m in manifests] == [len(p) for p in parts]
 
     done = ok("merge", str(d / "part-2.jsonl"), str(d / "part-1.jsonl"), "-o", str(d / "m.jsonl"))
-    assert "Judge diagnostics" in done.stderr
+    assert "Judge card" in done.stderr
     whole, merged = jsonl(d / "whole.jsonl"), jsonl(d / "m.jsonl")
     assert merged == whole  # every field of every row, in the same order
     assert (d / "m.jsonl").read_text() == (d / "whole.jsonl").read_text()
