@@ -29,6 +29,7 @@ import random
 from dataclasses import asdict, dataclass
 
 from rlaif.seeds import derived_seed
+from rlaif.stats import calibration_bins, expected_calibration_error
 
 # p_raw is clipped into [EPS, 1 − EPS] before the logit: `--method generate` gives exact 0s
 # and 1s, whose log-odds are infinite.
@@ -198,18 +199,12 @@ def ece(probs: list[float], outcomes: list[int], bins: int = ECE_BINS) -> float 
     """
     if not probs:
         return None
-    width = 0.5 / bins
-    counts = [0] * bins
-    confidence = [0.0] * bins
-    accuracy = [0.0] * bins
-    for p, y in zip(probs, outcomes, strict=True):
-        c = max(p, 1.0 - p)
-        right = 0.5 if p == 0.5 else float((p > 0.5) == bool(y))
-        k = min(int((c - 0.5) / width + 1e-9), bins - 1)  # 1e-9: 0.7 lands in [0.70, 0.75)
-        counts[k] += 1
-        confidence[k] += c
-        accuracy[k] += right
-    return sum(abs(confidence[k] - accuracy[k]) for k in range(bins)) / len(probs)
+    confidence = [max(p, 1.0 - p) for p in probs]
+    right = [
+        0.5 if p == 0.5 else float((p > 0.5) == bool(y))
+        for p, y in zip(probs, outcomes, strict=True)
+    ]
+    return expected_calibration_error(calibration_bins(confidence, right, bins, low=0.5, high=1.0))
 
 
 def log_loss(probs: list[float], outcomes: list[int]) -> float | None:
