@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import partial
 
+from rlaif import jury
 from rlaif.constitution import constitution_option
 from rlaif.diagnostics import format_diagnostics, judge_diagnostics
 from rlaif.errors import UserError
@@ -39,6 +41,10 @@ class LabelConfig(ShardedRecordSettings):
       rlaif label revisions.jsonl -o check.jsonl --method generate
 
       rlaif label pairs.jsonl -o prefs-3.jsonl --shard 3/8
+
+      rlaif label samples.jsonl -o prefs.jsonl --method rating
+
+      rlaif label pairs.jsonl -o prefs.jsonl -m judge-a/ -m judge-b/
     """
 
     pairs: str = option(
@@ -47,9 +53,11 @@ class LabelConfig(ShardedRecordSettings):
         argument=True,
     )
     constitution: str = constitution_option()
-    judge_model: str = option(
-        EMBEDDED_ALIAS,
-        help="Judge: HF folder, hub id, .gguf or alias.",
+    # several: a jury (see rlaif/jury.py for the line format and the combination)
+    judge_model: list[str] = option(
+        default_factory=lambda: [EMBEDDED_ALIAS],
+        help="Judge: HF folder, hub id, .gguf or alias; give it several times, or a file listing"
+        " one judge a line ('MODEL [engine=E] [base-url=URL]'), for a jury.",
         flags=("-m", "--judge-model"),
     )
     judging: JudgingSettings = group(JudgingSettings)
@@ -63,6 +71,9 @@ class LabelConfig(ShardedRecordSettings):
         super().__post_init__()
         if self.max_skipped is not None:
             skip_limit(self.max_skipped, 1)  # checks the spelling
+        if isinstance(self.judge_model, str):  # a Python caller's single judge
+            self.judge_model = [self.judge_model]
+        self.judges = jury.roles(jury.parse_judges(list(self.judge_model)))
 
 
 def skip_limit(spec: str, total: int) -> int:
@@ -87,17 +98,22 @@ def skip_limit(spec: str, total: int) -> int:
 def _too_long(stage: RecordStage, records) -> list[str]:
     """Pairs whose judge prompts do not fit the judge's context window (local engines; a
     server says so itself)."""
-    if stage.engine_name == "openai" or not records:
-        return []
     from transformers import AutoTokenizer
 
     cfg = stage.cfg
-    tokenizer = AutoTokenizer.from_pretrained(
-        stage.models["judge"].path, trust_remote_code=cfg.engine.trust_remote_code
-    )
-    return too_long(
-        records, cfg.judging, cfg.seed, stage.constitution, tokenizer, cfg.engine.max_model_len
-    )
+    found: list[str] = []
+    for role in cfg.judges:  # each local judge's own tokenizer and window
+        settings = stage.role_settings.get(role, stage.settings)
+        if settings.engine == "openai" or not records:
+            continue
+        tokenizer = AutoTokenizer.from_pretrained(
+            stage.models[role].path, trust_remote_code=settings.trust_remote_code
+        )
+        ids = too_long(
+            records, cfg.judging, cfg.seed, stage.constitution, tokenizer, settings.max_model_len
+        )
+        found += [i for i in ids if i not in found]
+    return found
 
 
 def _report_skipped(unjudgeable: dict[str, str], total: int, max_skipped: str | None) -> None:
@@ -125,9 +141,15 @@ def run(cfg: LabelConfig) -> dict:
         "label",
         cfg,
         input_field="pairs",
-        parse=parse_pair_records,
-        models={"judge": cfg.judge_model},
+        # more than two responses a row only for pointwise judging
+        parse=partial(parse_pair_records, many=cfg.judging.method == "rating"),
+        models={role: judge.model for role, judge in cfg.judges.items()},
         constitution=cfg.constitution,
+        engines={
+            role: settings
+            for role, judge in cfg.judges.items()
+            if (settings := judge.settings(cfg.engine)) is not None
+        },
     ) as stage:
         if stage.up_to_date:
             return stage.up_to_date
@@ -143,6 +165,11 @@ def run(cfg: LabelConfig) -> dict:
             raise UserError(f"{cfg.pairs}: no pair left to judge ({len(unjudgeable)} skipped)")
 
         def process(chunk, advance):
+            if len(cfg.judges) > 1:
+                judges = [(role, stage.engine(role)) for role in cfg.judges]
+                return jury.judge_chunk_jury(
+                    chunk, judges, cfg.judging, cfg.seed, stage.constitution, stage.tokens, advance
+                )
             judge = stage.engine("judge")
             return judge_chunk(
                 chunk, judge, cfg.judging, cfg.seed, stage.constitution, stage.tokens, advance
@@ -150,6 +177,8 @@ def run(cfg: LabelConfig) -> dict:
 
         result = stage.run_chunks(records, process)
         diagnostics = judge_diagnostics(result.rows)
+        if len(cfg.judges) > 1:
+            diagnostics["jury"] = jury.jury_diagnostics(result.rows)
         manifest = stage.publish(
             result.rows,
             counts={
@@ -166,4 +195,6 @@ def run(cfg: LabelConfig) -> dict:
             skipped=unjudgeable,
         )
     print(format_diagnostics(diagnostics), file=sys.stderr)
+    if "jury" in diagnostics:
+        print(jury.format_jury(diagnostics["jury"]), file=sys.stderr)
     return manifest
