@@ -273,6 +273,8 @@ def run(cfg: WinrateConfig) -> dict:
         out_rows = []
         for pair in pairs:
             row = labelled.get(pair.id)
+            if row is not None:
+                row = policy_first(row, pair.responses[0])
             base = {
                 "id": pair.id,
                 "prompt": pair.prompt,
@@ -299,6 +301,29 @@ def run(cfg: WinrateConfig) -> dict:
     shutil.rmtree(work_dir(cfg.output), ignore_errors=True)
     print(format_report(report), file=sys.stderr)
     return manifest
+
+
+def policy_first(row: dict, policy_answer: str) -> dict:
+    """A label row seen from the policy's side. The judging shows each pair in a seeded random
+    order and writes its row in that order, so in about half of the rows responses[0] is the
+    baseline's answer: there p, each order's p and the scores are the baseline's, and are
+    turned round here (P(policy) shown first = 1 − P(baseline) shown second)."""
+    if row["responses"][0] == policy_answer:
+        return row
+    judgements = []
+    for j in row["judgements"]:
+        flipped = {**j, "p": 1.0 - j["p"]}
+        flipped["p_ab"] = None if j.get("p_ba") is None else 1.0 - j["p_ba"]
+        flipped["p_ba"] = None if j.get("p_ab") is None else 1.0 - j["p_ab"]
+        if "scores" in j:
+            flipped["scores"] = j["scores"][::-1]
+        judgements.append(flipped)
+    return {
+        **row,
+        "p": 1.0 - row["p"],
+        "responses": row["responses"][::-1],
+        "judgements": judgements,
+    }
 
 
 def _verdicts(label_row: dict) -> dict:

@@ -177,3 +177,33 @@ def test_a_jury_of_the_embedded_model_and_its_folder(tmp_path, home_with_model, 
     assert per_judge["judge"]["agreement"]["n"] == 4 and per_judge["judge-2"]["pairs"] == 4
     [k] = manifest["diagnostics"]["jury"]["kappa"]
     assert k["agreement"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_a_jury_across_engines_from_a_file(tmp_path, home_with_model, embedded_model):
+    """A judge file naming an engine per line: the embedded model on the stage's engine (hf)
+    and the same weights on vLLM; both orders' probabilities from the two engines agree."""
+    pytest.importorskip("vllm")
+    from rlaif import label
+
+    listing = tmp_path / "jury.txt"
+    listing.write_text(f"smollm2-135m-instruct\n{embedded_model} engine=vllm  # same weights\n")
+    pairs = tmp_path / "xs.jsonl"
+    pairs.write_text("".join((DATA / "xstest-dev.jsonl").read_text().splitlines(True)[:3]))
+    cfg = label.LabelConfig(
+        pairs=str(pairs),
+        output=str(tmp_path / "prefs.jsonl"),
+        judge_model=[str(listing)],
+        engine=EngineSettings(engine="hf", max_model_len=2048),
+    )
+    manifest = label.run(cfg)
+    assert manifest["models"]["engine"] == "hf" and manifest["models"]["judge-2_engine"] == "vllm"
+    assert manifest["fingerprint"]["role_engines"]["judge-2"]["engine"] == "vllm"
+    rows = [json.loads(line) for line in Path(cfg.output).read_text().splitlines()]
+    for row in rows:
+        by_judge = {}
+        for j in row["judgements"]:
+            by_judge[j["judge"]] = (j["p_ab"], j["p_ba"])
+        for hf_p, vllm_p in zip(by_judge["judge"], by_judge["judge-2"], strict=True):
+            assert hf_p == pytest.approx(vllm_p, abs=0.02)

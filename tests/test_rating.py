@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DATA, rlaif_cmd
+from test_label import TableJudge
 
 from rlaif import label, rating, rewards, winrate
 from rlaif.constitution import load_constitution, resolve_constitution_path
@@ -253,3 +254,20 @@ def test_judge_reward_on_the_embedded_judge(home_with_model):
     finally:
         reward.engine.close()
     assert len(got) == 3 and all(0 <= g <= 1 for g in got) and len(set(got)) == 3
+
+
+def test_winrate_reads_every_verdict_from_the_policys_side():
+    """The judging writes each pair in a seeded order; winrate must turn the rows whose first
+    response is the baseline's round, whatever the method."""
+    pairwise = TableJudge({"policy says": 0.9, "baseline says": 0.3})
+    scored = RatingTable({"policy says": prior_heavy(8), "baseline says": prior_heavy(2)})
+    records = [record(("policy says", "baseline says"), rid=f"r{i}") for i in range(12)]
+    for judge, method in ((pairwise, "probabilities"), (scored, "rating")):
+        settings = JudgingSettings(method=method)
+        rows = judge_chunk(records, judge, settings, 0, CONSTITUTION, TokenCounter(), print)
+        assert {r["responses"][0] for r in rows} == {"policy says", "baseline says"}
+        for row in rows:
+            seen = winrate.policy_first(row, "policy says")
+            assert seen["responses"][0] == "policy says" and seen["p"] > 0.5
+            seen["outcome"] = winrate.outcome({**seen, "identical": False})
+            assert seen["outcome"] == "win", seen
