@@ -29,26 +29,11 @@ import random
 from dataclasses import asdict, dataclass
 
 from rlaif.seeds import derived_seed
-from rlaif.stats import calibration_bins, expected_calibration_error
+from rlaif.stats import P_CLIP, calibration_bins, expected_calibration_error, logit, sigmoid
 
-# p_raw is clipped into [EPS, 1 − EPS] before the logit: `--method generate` gives exact 0s
-# and 1s, whose log-odds are infinite.
-EPS = 1e-6
 ECE_BINS = 10
 # Below this likelihood-ratio p-value the judge is said to carry signal on the reference.
 SIGNAL_P_VALUE = 0.05
-
-
-def sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
-
-
-def logit(p: float) -> float:
-    p = min(max(p, EPS), 1.0 - EPS)
-    return math.log(p / (1.0 - p))
 
 
 @dataclass(frozen=True)
@@ -213,7 +198,7 @@ def log_loss(probs: list[float], outcomes: list[int]) -> float | None:
     if not probs:
         return None
     pairs = zip(probs, outcomes, strict=True)
-    return -sum(math.log(max(p if y else 1.0 - p, EPS)) for p, y in pairs) / len(probs)
+    return -sum(math.log(max(p if y else 1.0 - p, P_CLIP)) for p, y in pairs) / len(probs)
 
 
 def folds_of(n: int, k: int, seed: int) -> list[int]:

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlaif import jury
 from rlaif.constitution import constitution_option
 from rlaif.diagnostics import (
     CALIBRATION_BINS,
@@ -26,8 +27,7 @@ from rlaif.diagnostics import (
 from rlaif.engines import EngineSettings
 from rlaif.errors import UserError, at
 from rlaif.files import STDIO, read_jsonl
-from rlaif.judging import JudgingSettings, judge_chunk, too_long
-from rlaif.models import EMBEDDED_ALIAS
+from rlaif.judging import JudgingSettings
 from rlaif.options import group, option
 from rlaif.outputs import check_overwrite, png_written_by_rlaif, refuse_output_as_input
 from rlaif.pairs import parse_pair_records
@@ -157,11 +157,7 @@ class EvalJudgeConfig(CardSettings):
         argument=True,
     )
     constitution: str = constitution_option()
-    judge_model: str = option(
-        EMBEDDED_ALIAS,
-        help="Judge: HF folder, hub id, .gguf or alias.",
-        flags=("-m", "--judge-model"),
-    )
+    judge_model: list[str] = jury.judge_model_option()
     judging: JudgingSettings = group(JudgingSettings)
     seed: int = option(0, help="Seed for principle sampling and the order each pair is shown in.")
     chunk_size: int = option(256, help="Pairs sent to the engine together.")
@@ -174,13 +170,17 @@ class EvalJudgeConfig(CardSettings):
         super().__post_init__()
         if self.chunk_size < 1:
             raise UserError(f"--chunk-size {self.chunk_size}: must be at least 1")
+        self.judges = jury.judge_roles(self.judge_model)
 
 
 def evaluate_judge(cfg: EvalJudgeConfig) -> dict:
     from rlaif.constitution import resolve_constitution_path
     from rlaif.stage import RecordStage
 
-    cfg.check_outputs([cfg.pairs, resolve_constitution_path(cfg.constitution), cfg.judge_model])
+    cfg.check_outputs(
+        [cfg.pairs, resolve_constitution_path(cfg.constitution)]
+        + [judge.model for judge in cfg.judges.values()]
+    )
 
     def parse(path: str, rows: list) -> list:
         # Checked as the pairs are read, before the judge is resolved (a GGUF converted) or
@@ -196,11 +196,11 @@ def evaluate_judge(cfg: EvalJudgeConfig) -> dict:
         cfg,
         input_field="pairs",
         parse=parse,
-        models={"judge": cfg.judge_model},
         constitution=cfg.constitution,
+        **jury.stage_judges(cfg.judges, cfg.engine),
     ) as stage:
         records = [r for r in stage.records if not r.identical]
-        unfit = set(_too_long(stage, records))
+        unfit = set(jury.too_long_pairs(stage, records))
         skipped = len(stage.records) - len(records) + len(unfit)
         if skipped:
             print(
@@ -214,29 +214,10 @@ def evaluate_judge(cfg: EvalJudgeConfig) -> dict:
             raise at(cfg.pairs, None, "no pair left to judge")
 
         def process(chunk, advance):
-            judge = stage.engine("judge")
-            return judge_chunk(
-                chunk, judge, cfg.judging, cfg.seed, stage.constitution, stage.tokens, advance
-            )
+            return jury.judge_records(stage, chunk, stage.tokens, advance)
 
         result = stage.run_chunks(records, process, description="judge")
     return publish_card(cfg, result.rows, cfg.pairs)
-
-
-def _too_long(stage, records) -> list[str]:
-    """Pairs whose judge prompts do not fit a local judge's window (a server says so itself);
-    as `rlaif label` finds them."""
-    if stage.engine_name == "openai" or not records:
-        return []
-    from transformers import AutoTokenizer
-
-    cfg = stage.cfg
-    tokenizer = AutoTokenizer.from_pretrained(
-        stage.models["judge"].path, trust_remote_code=cfg.engine.trust_remote_code
-    )
-    return too_long(
-        records, cfg.judging, cfg.seed, stage.constitution, tokenizer, cfg.engine.max_model_len
-    )
 
 
 def _check_group_field(field: str | None, rows: list[dict], path: str) -> None:
@@ -262,8 +243,11 @@ def publish_card(cfg: CardSettings, rows: list[dict], source: str) -> dict:
     """Print the card (stdout; stderr when the JSON goes to stdout), write its JSON and plot,
     then apply the gate. Returns the card."""
     diag = judge_diagnostics(rows, cfg.group_by, cfg.n_bins)
-    card = {"kind": CARD_KIND, "source": source, **diag}
     text = format_diagnostics(diag, title=f"Judge card: {source}")
+    if rows and all("judges" in r for r in rows):  # a jury's labels: each judge, and kappa
+        diag["jury"] = jury.jury_diagnostics(rows)
+        text += "\n" + jury.format_jury(diag["jury"])
+    card = {"kind": CARD_KIND, "source": source, **diag}
     print(text, end="", file=sys.stderr if cfg.json_out == STDIO else sys.stdout)
     if cfg.plot:
         from rlaif.plots import plot_reliability

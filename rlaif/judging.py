@@ -12,6 +12,10 @@ Departures from the papers, named where they are made:
   over the tokenizer's variants of each letter (`A`, ` A`).
 - With `--cot`, each order's probability is clamped into [clamp_low, clamp_high] (CAI used
   40–60%, since chain-of-thought makes the judge overconfident).
+
+`--method rating` is pointwise instead (see `rlaif.rating`): each response is rated alone
+against each sampled principle, so n responses cost n judge passes per principle, no order
+exists to be biased by, and a row of more than two responses becomes its best-vs-worst pair.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from rlaif import prompts
+from rlaif import prompts, rating
 from rlaif.constitution import Constitution
 from rlaif.diagnostics import Judgement
 from rlaif.engines import Sampling
@@ -30,7 +34,7 @@ from rlaif.pairs import PairRecord
 from rlaif.seeds import derived_seed
 from rlaif.stage import TokenCounter
 
-METHODS = ("probabilities", "generate")
+METHODS = ("probabilities", "generate", "rating")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,8 @@ class JudgingSettings:
     method: str = option(
         "probabilities",
         help="probabilities: read the option letters' probabilities; generate: parse a"
-        " generated verdict (for engines without log-probabilities).",
+        " generated verdict (for engines without log-probabilities); rating: rate each"
+        " response alone, 1-9 (no position bias; rows may hold more than two responses).",
     )
     cot: bool = option(
         False, help="Generate a rationale first, then score the answer.", flags=("--cot",)
@@ -54,6 +59,11 @@ class JudgingSettings:
     clamp_high: float = option(0.6, help="--cot: highest probability kept.")
     max_new_tokens: int = option(
         256, help="Longest rationale (--cot) or verdict (--method generate)."
+    )
+    # s is the expected rating on the 1-9 scale: with tau 1, one point better gives p = 0.73
+    tau: float = option(
+        1.0,
+        help="--method rating: p = sigmoid((s_a - s_b) / tau), s the expected 1-9 rating.",
     )
 
     def __post_init__(self):
@@ -74,6 +84,10 @@ class JudgingSettings:
             )
         if self.max_new_tokens < 1:
             raise UserError("--max-new-tokens must be at least 1")
+        if not self.tau > 0:
+            raise UserError(f"--tau {self.tau}: must be > 0")
+        if self.method == "rating" and self.cot:
+            raise UserError("--cot: not with --method rating (it reads a digit, not a verdict)")
 
 
 def sample_principles(constitution: Constitution, cfg: JudgingSettings, seed: int, record_id: str):
@@ -90,13 +104,17 @@ def presented_order(seed: int, record: PairRecord) -> tuple[tuple[str, str], int
     Inputs often list the preferred response first (chosen, rejected); keeping that order would
     make the judge's position bias look like agreement in the label-balance figures.
     """
-    swap = random.Random(derived_seed(seed, "label-order", record.id)).random() < 0.5
+    swap = seeded_swap(seed, record.id)
     a, b = record.responses
     reference = record.reference
     if swap:
         a, b = b, a
         reference = None if reference is None else 1 - reference
     return (a, b), reference
+
+
+def seeded_swap(seed: int, record_id: str) -> bool:
+    return random.Random(derived_seed(seed, "label-order", record_id)).random() < 0.5
 
 
 def normalise(logprobs: list[float]) -> float:
@@ -123,7 +141,14 @@ def combine_orders(p_first_in_ab: float | None, p_first_in_ba: float | None):
 
 def judge_jobs(record: PairRecord, cfg: JudgingSettings, seed: int, constitution) -> list[tuple]:
     """(record, pair, reference, principle, order, chat) for each question the judge is asked
-    about one pair: each sampled principle, in both orders."""
+    about one pair: each sampled principle, in both orders. With --method rating, one
+    (record, principle, index, chat) per principle and response instead."""
+    if cfg.method == "rating":
+        return [
+            (record, principle, i, prompts.rating_chat(record.prompt, text, principle.preference))
+            for principle in sample_principles(constitution, cfg, seed, record.id)
+            for i, text in enumerate(record.responses)
+        ]
     (a, b), reference = presented_order(seed, record)
     jobs = []
     for principle in sample_principles(constitution, cfg, seed, record.id):
@@ -144,7 +169,9 @@ def too_long(
 
     writes = cfg.max_new_tokens if cfg.cot or cfg.method == "generate" else 1
     # --cot scores after its rationale: the longest such prompt adds the rationale and prefix.
-    prefix = "" if cfg.method == "generate" else prompts.PREFERENCE_ANSWER_PREFIX
+    prefix = {"generate": "", "rating": prompts.RATING_ANSWER_PREFIX}.get(
+        cfg.method, prompts.PREFERENCE_ANSWER_PREFIX
+    )
     out = []
     for record in records:
         for job in judge_jobs(record, cfg, seed, constitution):
@@ -158,6 +185,10 @@ def judge_chunk(
     chunk, judge, cfg: JudgingSettings, seed: int, constitution, tokens: TokenCounter, advance
 ) -> list[dict]:
     """One labelled row per pair record of `chunk` (see the module's docstring)."""
+    if cfg.method == "rating":
+        scores = rating_scores(chunk, judge, cfg, seed, constitution, tokens)
+        advance(len(chunk))
+        return [rating_row(r, scores[r.id], judge.model_id, cfg, seed) for r in chunk]
     # One entry per (record, principle, order): everything goes to the engine in one batch.
     jobs = [job for record in chunk for job in judge_jobs(record, cfg, seed, constitution)]
     chats = [job[-1] for job in jobs]
@@ -245,4 +276,82 @@ def _row(entry: dict, judge_id: str, cfg: JudgingSettings) -> dict:
         "judge_model": judge_id,
     }
     # The input's own fields (groups such as XSTest's `type`) never replace a label field.
+    return row | {k: v for k, v in record.fields.items() if k not in row}
+
+
+def rating_scores(
+    chunk, judge, cfg: JudgingSettings, seed: int, constitution, tokens: TokenCounter
+) -> dict[str, dict[str, list[float]]]:
+    """--method rating: {record id: {principle id: each response's score (1..9)}}, the whole
+    chunk rated in one batch, so the digit prior is removed over all of it."""
+    jobs = [job for record in chunk for job in judge_jobs(record, cfg, seed, constitution)]
+    ratings = rating.rate(judge, [job[-1] for job in jobs], tokens)
+    out: dict[str, dict[str, list[float]]] = {}
+    for (record, principle, i, _), r in zip(jobs, ratings, strict=True):
+        by = out.setdefault(record.id, {}).setdefault(
+            principle.id, [math.nan] * len(record.responses)
+        )
+        by[i] = r.score
+    return out
+
+
+def mean_scores(by_principle: dict[str, list[float]]) -> list[float]:
+    """Each response's score averaged over the principles."""
+    columns = zip(*by_principle.values(), strict=True)
+    return [sum(c) / len(c) for c in columns]
+
+
+def rating_row(
+    record: PairRecord,
+    by_principle: dict[str, list[float]],
+    judge_id: str,
+    cfg: JudgingSettings,
+    seed: int,
+    pick: tuple[int, int] | None = None,
+) -> dict:
+    """The label row of a rated record: its best-vs-worst pair (any two responses are that
+    pair), shown in the same seeded order as the pairwise methods use, so label balance
+    means the same thing. `pick`: the (best, worst) indices chosen elsewhere (by a jury)."""
+    texts = list(record.responses)
+    scores = mean_scores(by_principle)
+    best, worst = pick or rating.best_and_worst(scores, texts)
+    first, second = (worst, best) if seeded_swap(seed, record.id) else (best, worst)
+    judgements = [
+        {
+            "principle_id": principle_id,
+            # No order exists: position consistency does not apply (None, not "consistent").
+            "p_ab": None,
+            "p_ba": None,
+            "p": rating.preference(s[first], s[second], cfg.tau),
+            "scores": [s[first], s[second]],
+            "consistent": None,
+            "abstained": False,
+        }
+        for principle_id, s in by_principle.items()
+    ]
+    p = sum(j["p"] for j in judgements) / len(judgements)
+    reference = record.reference
+    mapped = {first: 0, second: 1}.get(reference) if reference is not None else None
+    first_wins = p >= 0.5
+    a, b = texts[first], texts[second]
+    chosen, rejected = (a, b) if first_wins else (b, a)
+    row = {
+        "id": record.id,
+        "prompt": record.prompt,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "p_chosen": p if first_wins else 1.0 - p,
+        "responses": [a, b],
+        "p": p,
+        "judgements": judgements,
+        "position_consistent": None,
+        "principle_ids": list(by_principle),
+        "reference": mapped,
+        "source": record.source,
+        "method": "rating",
+        "judge_model": judge_id,
+        # every input response's score (input order) and which two the pair holds
+        "scores": scores,
+        "picked": [first, second],
+    }
     return row | {k: v for k, v in record.fields.items() if k not in row}

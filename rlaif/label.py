@@ -9,7 +9,9 @@ from __future__ import annotations
 import shutil
 import sys
 from dataclasses import dataclass, replace
+from functools import partial
 
+from rlaif import jury
 from rlaif.calibration import (
     PlattFit,
     calibrate_row,
@@ -21,8 +23,7 @@ from rlaif.constitution import constitution_option
 from rlaif.diagnostics import format_diagnostics, judge_diagnostics
 from rlaif.errors import UserError, at
 from rlaif.files import STDIO
-from rlaif.judging import JudgingSettings, judge_chunk, too_long
-from rlaif.models import EMBEDDED_ALIAS
+from rlaif.judging import JudgingSettings
 from rlaif.options import group, option
 from rlaif.pairs import parse_pair_records
 from rlaif.stage import RecordStage, ShardedRecordSettings, TokenCounter, work_dir
@@ -51,6 +52,10 @@ class LabelConfig(ShardedRecordSettings):
       rlaif label pairs.jsonl -o prefs-3.jsonl --shard 3/8
 
       rlaif label pairs.jsonl -o prefs.jsonl --calibrate-on reference.jsonl
+
+      rlaif label samples.jsonl -o prefs.jsonl --method rating
+
+      rlaif label pairs.jsonl -o prefs.jsonl -m judge-a/ -m judge-b/
     """
 
     pairs: str = option(
@@ -59,11 +64,8 @@ class LabelConfig(ShardedRecordSettings):
         argument=True,
     )
     constitution: str = constitution_option()
-    judge_model: str = option(
-        EMBEDDED_ALIAS,
-        help="Judge: HF folder, hub id, .gguf or alias.",
-        flags=("-m", "--judge-model"),
-    )
+    # several: a jury (see rlaif/jury.py for the line format and the combination)
+    judge_model: list[str] = jury.judge_model_option()
     judging: JudgingSettings = group(JudgingSettings)
     max_skipped: str | None = option(
         None,
@@ -91,6 +93,7 @@ class LabelConfig(ShardedRecordSettings):
             raise UserError("--calibrate-on -: give a file (standard input is for the pairs)")
         if self.calibration_folds < 2:
             raise UserError(f"--calibration-folds {self.calibration_folds}: must be at least 2")
+        self.judges = jury.judge_roles(self.judge_model)
 
 
 def skip_limit(spec: str, total: int) -> int:
@@ -110,22 +113,6 @@ def skip_limit(spec: str, total: int) -> int:
         raise UserError(
             f"--max-skipped {spec}: a count of pairs (e.g. 0) or a share (e.g. 5%)"
         ) from None
-
-
-def _too_long(stage: RecordStage, records) -> list[str]:
-    """Pairs whose judge prompts do not fit the judge's context window (local engines; a
-    server says so itself)."""
-    if stage.engine_name == "openai" or not records:
-        return []
-    from transformers import AutoTokenizer
-
-    cfg = stage.cfg
-    tokenizer = AutoTokenizer.from_pretrained(
-        stage.models["judge"].path, trust_remote_code=cfg.engine.trust_remote_code
-    )
-    return too_long(
-        records, cfg.judging, cfg.seed, stage.constitution, tokenizer, cfg.engine.max_model_len
-    )
 
 
 def _report_skipped(
@@ -175,7 +162,7 @@ def _calibrate(stage: RecordStage, references: list) -> dict:
     Resumable: the judged references are saved in OUT.work/ like the labels themselves."""
     cfg = stage.cfg
     unjudgeable = {r.id: "identical responses" for r in references if r.identical}
-    for record_id in _too_long(stage, [r for r in references if not r.identical]):
+    for record_id in jury.too_long_pairs(stage, [r for r in references if not r.identical]):
         unjudgeable[record_id] = f"longer than --max-model-len {cfg.engine.max_model_len}"
     kept = [r for r in references if r.id not in unjudgeable]
     if unjudgeable:
@@ -188,8 +175,7 @@ def _calibrate(stage: RecordStage, references: list) -> dict:
     tokens = TokenCounter()  # kept apart: the manifest's tokens measure the labelling itself
 
     def process(chunk, advance):
-        judge = stage.engine("judge")
-        return judge_chunk(chunk, judge, cfg.judging, cfg.seed, stage.constitution, tokens, advance)
+        return jury.judge_records(stage, chunk, tokens, advance)
 
     output = STDIO if cfg.output == STDIO else str(work_dir(cfg.output) / "reference.jsonl")
     result = stage.run_chunks(
@@ -218,16 +204,17 @@ def run(cfg: LabelConfig) -> dict:
         "label",
         cfg,
         input_field="pairs",
-        parse=parse_pair_records,
-        models={"judge": cfg.judge_model},
+        # more than two responses a row only for pointwise judging
+        parse=partial(parse_pair_records, many=cfg.judging.method == "rating"),
         constitution=cfg.constitution,
+        **jury.stage_judges(cfg.judges, cfg.engine),
     ) as stage:
         if stage.up_to_date:
             return stage.up_to_date
         # Well-formed pairs the judge cannot compare are skipped, counted and named, not fatal:
         # real data has them (identical replies; pairs longer than the judge's context).
         unjudgeable = {r.id: "identical responses" for r in stage.records if r.identical}
-        for record_id in _too_long(stage, [r for r in stage.records if not r.identical]):
+        for record_id in jury.too_long_pairs(stage, [r for r in stage.records if not r.identical]):
             unjudgeable[record_id] = f"longer than --max-model-len {cfg.engine.max_model_len}"
         records = [r for r in stage.records if r.id not in unjudgeable]
         if unjudgeable:
@@ -238,10 +225,7 @@ def run(cfg: LabelConfig) -> dict:
         calibration = _calibrate(stage, references) if references is not None else None
 
         def process(chunk, advance):
-            judge = stage.engine("judge")
-            return judge_chunk(
-                chunk, judge, cfg.judging, cfg.seed, stage.constitution, stage.tokens, advance
-            )
+            return jury.judge_records(stage, chunk, stage.tokens, advance)
 
         result = stage.run_chunks(records, process)
         rows = result.rows
@@ -251,6 +235,8 @@ def run(cfg: LabelConfig) -> dict:
             fit = PlattFit(applied["a"], applied["b"], None, None, calibration["pairs"])
             rows = [calibrate_row(row, fit) for row in rows]
         diagnostics = judge_diagnostics(rows)
+        if len(cfg.judges) > 1:
+            diagnostics["jury"] = jury.jury_diagnostics(rows)
         manifest = stage.publish(
             rows,
             counts={
@@ -270,6 +256,8 @@ def run(cfg: LabelConfig) -> dict:
     if calibration and cfg.output != STDIO:
         shutil.rmtree(work_dir(cfg.output), ignore_errors=True)
     print(format_diagnostics(diagnostics), file=sys.stderr)
+    if "jury" in diagnostics:
+        print(jury.format_jury(diagnostics["jury"]), file=sys.stderr)
     if calibration:
         print(format_calibration(calibration, cfg.calibrate_on), file=sys.stderr)
     return manifest

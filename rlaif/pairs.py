@@ -2,7 +2,8 @@
 
 Each row's shape is detected on its own, so files mixing shapes are fine:
 
-- `responses`: `{"prompt", "responses": [a, b]}`, optionally `"preferred": 0|1`.
+- `responses`: `{"prompt", "responses": [a, b]}`, optionally `"preferred": 0|1`; with
+  `many=True` (`label --method rating`) also more than two responses, e.g. `[a, b, c, d]`.
 - `explicit`:  `{"prompt", "chosen", "rejected"}` (TRL's explicit-prompt preference format).
 - `generate`:  the same, from `rlaif generate` (chosen: final revision; rejected: first answer).
 - `hh`:        `{"chosen", "rejected"}` as Anthropic HH-RLHF dialogues ("\\n\\nHuman: ...").
@@ -33,7 +34,8 @@ _SPEAKER_ONLY = re.compile(r"(?i)(human|assistant|user|system|question|answer|q|
 class PairRecord:
     id: str
     prompt: Chat  # the conversation so far, ending with the user's turn
-    responses: tuple[str, str]  # in input order: chosen first for chosen/rejected rows
+    # in input order: chosen first for chosen/rejected rows; more than two only with many=True
+    responses: tuple[str, ...]
     reference: int | None  # index of the response the input prefers; None: no preference given
     source: str  # the row's shape: "responses" | "explicit" | "implicit" | "hh" | "generate"
     line: int
@@ -45,7 +47,7 @@ class PairRecord:
     def identical(self) -> bool:
         """Nothing to judge: e.g. a `generate` row whose revisions left the answer unchanged.
         Kept here (not an input error) so that the labelling stage can skip and count them."""
-        return self.responses[0].strip() == self.responses[1].strip()
+        return len({r.strip() for r in self.responses}) == 1
 
 
 def parse_hh_dialogue(text: str) -> Chat:
@@ -68,23 +70,28 @@ def parse_hh_dialogue(text: str) -> Chat:
     return messages
 
 
-def parse_pair_records(path: str, rows: list[tuple[int, dict]]) -> list[PairRecord]:
-    """Rows of any shape above, each with an optional `"id"`.
+def parse_pair_records(
+    path: str, rows: list[tuple[int, dict]], many: bool = False
+) -> list[PairRecord]:
+    """Rows of any shape above, each with an optional `"id"`; `many`: `responses` may hold
+    more than two (for pointwise judging, which rates each alone).
 
     Rows without an id get one from their prompt and responses, so reruns and resumes match up.
     """
     records: list[PairRecord] = []
     first_line_of: dict[str, int] = {}
     for line, row in rows:
-        prompt, (a, b), reference, source = _parse_row(path, line, row)
+        prompt, responses, reference, source = _parse_row(path, line, row, many)
         # An empty reply is real data (in HH-RLHF people sometimes preferred saying nothing),
         # and a judge can compare it; two empty replies are identical, skipped by the stages.
         if prompt[-1]["role"] != "user":
             raise at(path, line, "the prompt must end with a user message to answer")
-        content = {"prompt": prompt, "responses": [a, b]}
+        content = {"prompt": prompt, "responses": list(responses)}
         record_id = unique_record_id(path, line, row, content, first_line_of)
         records.append(
-            PairRecord(record_id, prompt, (a, b), reference, source, line, carried_fields(row))
+            PairRecord(
+                record_id, prompt, tuple(responses), reference, source, line, carried_fields(row)
+            )
         )
     return records
 
@@ -111,12 +118,14 @@ def carried_fields(row: dict) -> dict:
     }
 
 
-def _parse_row(path: str, line: int, row: dict) -> tuple[Chat, tuple[str, str], int | None, str]:
+def _parse_row(
+    path: str, line: int, row: dict, many: bool = False
+) -> tuple[Chat, tuple[str, ...], int | None, str]:
     has_pair = "chosen" in row or "rejected" in row
     if "responses" in row:
         if has_pair:
             raise at(path, line, "give either 'responses' or 'chosen'/'rejected', not both")
-        return _responses_row(path, line, row)
+        return _responses_row(path, line, row, many)
     if not has_pair:
         raise at(path, line, f"no pair of responses found; {SHAPES}")
     for field in ("chosen", "rejected"):
@@ -144,19 +153,31 @@ def _parse_row(path: str, line: int, row: dict) -> tuple[Chat, tuple[str, str], 
     )
 
 
-def _responses_row(path: str, line: int, row: dict):
+def _responses_row(path: str, line: int, row: dict, many: bool = False):
     if "prompt" not in row:
         raise at(path, line, "missing field 'prompt' (text or a list of messages) for 'responses'")
     prompt = _prompt(path, line, row["prompt"])
     responses = row["responses"]
-    if not isinstance(responses, list) or len(responses) != 2:
-        got = f"{len(responses)}" if isinstance(responses, list) else type(responses).__name__
-        raise at(path, line, f"'responses' must be a list of exactly two responses, got {got}")
-    pair = tuple(_response(path, line, r, f"responses[{i}]") for i, r in enumerate(responses))
+    count = len(responses) if isinstance(responses, list) else None
+    if count is None or count < 2 or (count > 2 and not many):
+        got = type(responses).__name__ if count is None else str(count)
+        if many:
+            raise at(path, line, f"'responses' must be a list of at least two responses, got {got}")
+        hint = (
+            " (more than two: only `rlaif label --method rating` takes them, keeping the best"
+            " and the worst)"
+            if count is not None and count > 2
+            else ""
+        )
+        raise at(
+            path, line, f"'responses' must be a list of exactly two responses, got {got}{hint}"
+        )
+    texts = tuple(_response(path, line, r, f"responses[{i}]") for i, r in enumerate(responses))
     reference = row.get("preferred")
-    if reference is not None and (isinstance(reference, bool) or reference not in (0, 1)):
-        raise at(path, line, "'preferred' must be 0 or 1: the index of the better response")
-    return prompt, pair, reference, "responses"
+    if reference is not None and (isinstance(reference, bool) or reference not in range(count)):
+        indices = "0 or 1" if count == 2 else f"0..{count - 1}"
+        raise at(path, line, f"'preferred' must be {indices}: the index of the better response")
+    return prompt, texts, reference, "responses"
 
 
 def _prompt(path: str, line: int, value) -> Chat:

@@ -4,19 +4,20 @@
 - `RewardModelReward`: a reward model from `rlaif train-rm`, scored exactly as `rlaif score`
   scores (same padding and pooling), so RL optimises what `eval rm` measured.
 - `JudgeReward` (direct RLAIF): the judge rates each completion against a principle sampled
-  from the constitution; the reward is the expected rating Σ i·P(i) over the digit tokens
-  1–9, rescaled to [0, 1]. Reading probabilities instead of a sampled digit gives a smooth
-  reward, which policy-gradient methods need to see small differences.
+  from the constitution, with the scorer `label --method rating` uses (`rlaif.rating`): the
+  expected rating Σ i·P(i) over the digit tokens 1–9, the digit prior of the reward call's
+  batch removed, rescaled to [0, 1]. Reading probabilities instead of a sampled digit gives a
+  smooth reward, which policy-gradient methods need to see small differences.
 - `import_reward("module:function")`: any Python function with TRL's reward signature.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
 import random
 
 from rlaif import prompts as templates
+from rlaif import rating
 from rlaif.constitution import load_constitution, resolve_constitution_path
 from rlaif.engines import EngineSettings, make_engine
 from rlaif.errors import UserError
@@ -54,12 +55,9 @@ class RewardModelReward:
 
 
 def expected_rating(logprobs: list[float]) -> float:
-    """Σ i·P(i) over the ratings 1..9 (probabilities renormalised over them), mapped to [0, 1]."""
-    top = max(logprobs)
-    weights = [math.exp(lp - top) for lp in logprobs]
-    total = sum(weights)
-    expected = sum((i + 1) * w for i, w in enumerate(weights)) / total
-    return (expected - 1) / 8
+    """Σ i·P(i) over the ratings 1..9 (probabilities renormalised over them), mapped to [0, 1];
+    one chat's raw score, before any batch prior is removed."""
+    return rating.to_unit(rating.expected_digit(rating.digit_distribution(logprobs)))
 
 
 class JudgeReward:
@@ -85,11 +83,10 @@ class JudgeReward:
             chat, answer = _chat(p), _text(c)
             principle = self.principle_for(prompts_key(chat), answer)
             chats.append(templates.rating_chat(chat, answer, principle.preference))
-        scores = self.engine.score_options(
-            chats, templates.RATING_OPTIONS, templates.RATING_ANSWER_PREFIX
-        )
+        # The whole call is one batch: the digit prior is removed over its completions.
+        ratings = rating.rate(self.engine, chats)
         self.calls += 1
-        return [expected_rating(s.logprobs) for s in scores]
+        return [rating.to_unit(r.score) for r in ratings]
 
 
 def prompts_key(chat: list[dict]) -> str:

@@ -19,7 +19,8 @@ from rlaif.stage import RecordStage, ShardedRecordSettings, TokenCounter
 
 @dataclass(kw_only=True)
 class SampleConfig(ShardedRecordSettings):
-    """Sample responses per prompt, written as pairs (a prompt and two responses) for labelling.
+    """Sample responses per prompt, written as pairs (a prompt and two responses) for labelling,
+    or with --one-row all of a prompt's responses in one row (for `label --method rating`).
 
     Examples:
 
@@ -28,6 +29,8 @@ class SampleConfig(ShardedRecordSettings):
       rlaif sample prompts.jsonl -o pairs.jsonl -m ./sft-model --n 4 --temperature 0.9
 
       rlaif sample prompts.jsonl -o pairs-1.jsonl --shard 1/2
+
+      rlaif sample prompts.jsonl -o samples.jsonl --n 4 --one-row
     """
 
     prompts: str = option(help="JSONL of prompts, as for generate ('-': stdin).", argument=True)
@@ -35,15 +38,26 @@ class SampleConfig(ShardedRecordSettings):
         EMBEDDED_ALIAS, help="Policy: HF folder, hub id, .gguf or alias.", flags=("-m", "--model")
     )
     # responses per prompt; each consecutive two make one pair
-    n: int = option(2, help="Responses per prompt (even; written as pairs).", flags=("--n",))
+    n: int = option(
+        2, help="Responses per prompt (even unless --one-row; written as pairs).", flags=("--n",)
+    )
+    # label --method rating rates each response alone and keeps the best-vs-worst pair
+    one_row: bool = option(
+        False,
+        help="Write each prompt's --n responses as one row, for `label --method rating`.",
+        flags=("--one-row",),
+    )
     temperature: float = option(1.0, help="Sampling temperature (> 0).")
     top_p: float = option(0.95, help="Nucleus sampling mass.")
     max_new_tokens: int = option(256, help="Longest response.")
 
     def __post_init__(self):
         super().__post_init__()
-        if self.n < 2 or self.n % 2:
-            raise UserError(f"--n {self.n}: an even number >= 2 (responses are written as pairs)")
+        if self.n < 2 or (self.n % 2 and not self.one_row):
+            raise UserError(
+                f"--n {self.n}: an even number >= 2 (responses are written as pairs; any"
+                " number >= 2 with --one-row)"
+            )
         if self.temperature <= 0:
             raise UserError(f"--temperature {self.temperature}: must be > 0 to sample")
         if not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
@@ -64,9 +78,12 @@ def sample_chunk(chunk, engine, cfg: SampleConfig, tokens: TokenCounter, advance
     return rows
 
 
-def pairs_of(row: dict) -> list[dict]:
-    """The `responses` pair rows for `rlaif label` from one prompt's samples."""
+def pairs_of(row: dict, one_row: bool = False) -> list[dict]:
+    """The `responses` pair rows for `rlaif label` from one prompt's samples (one row of all
+    of them with `one_row`)."""
     samples = row["samples"]
+    if one_row:
+        return [{"id": row["id"], "prompt": row["prompt"], "responses": samples}]
     n_pairs = len(samples) // 2
     if n_pairs == 1:
         return [{"id": row["id"], "prompt": row["prompt"], "responses": samples}]
@@ -99,10 +116,10 @@ def run(cfg: SampleConfig) -> dict:
         result = stage.run_chunks(stage.records, process)
         pair_rows, lines = [], []
         for record, row in zip(stage.records, result.rows, strict=True):
-            pairs = pairs_of(row)
+            pairs = pairs_of(row, cfg.one_row)
             pair_rows += pairs
             lines += [record.line] * len(pairs)
-        identical = sum(p["responses"][0] == p["responses"][1] for p in pair_rows)
+        identical = sum(len(set(p["responses"])) == 1 for p in pair_rows)
         return stage.publish(
             pair_rows,
             counts={

@@ -147,8 +147,10 @@ class RecordStage:
     """One run of a record stage; use it as a context manager so its engines are closed.
 
     `models` maps each role to a model spec (None: the first role's model, e.g. a policy that
-    judges itself); one engine is built per distinct model. `cfg` must have `engine`, `seed`,
-    `chunk_size`, `force`, `output` and, for `--shard`, `shard`.
+    judges itself); one engine is built per distinct model. `engines` gives some roles engine
+    settings of their own (a jury's judge on another engine or server); the others use
+    `cfg.engine`. `cfg` must have `engine`, `seed`, `chunk_size`, `force`, `output` and, for
+    `--shard`, `shard`.
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class RecordStage:
         parse: Callable[[str, list], list],
         models: dict[str, str | None],
         constitution: str | None = None,
+        engines: dict[str, EngineSettings] | None = None,
     ):
         from rlaif.constitution import load_constitution, resolve_constitution_path
         from rlaif.engines import resolve_engine_name
@@ -189,9 +192,13 @@ class RecordStage:
         self.constitution = load_constitution(constitution_path) if constitution_path else None
         self.engine_name = resolve_engine_name(cfg.engine.engine)
         self.settings = replace(cfg.engine, engine=self.engine_name)
+        self.role_settings = {
+            role: replace(s, engine=resolve_engine_name(s.engine))
+            for role, s in (engines or {}).items()
+        }
         first = next(iter(models.values()))
         self.models = {
-            role: resolve_model_for(spec or first, self.engine_name)
+            role: resolve_model_for(spec or first, self._settings(role).engine)
             for role, spec in models.items()
         }
         self.tokens = TokenCounter()
@@ -203,7 +210,12 @@ class RecordStage:
             cfg.output, previous, self.fingerprint(), cfg.force, "-o/--output"
         )
 
+    def _settings(self, role: str) -> EngineSettings:
+        return self.role_settings.get(role, self.settings)
+
     def fingerprint(self, **extra) -> dict:
+        if self.role_settings:  # only then, so that other runs' fingerprints stay as they were
+            extra["role_engines"] = {r: result_settings(s) for r, s in self.role_settings.items()}
         return settings_fingerprint(
             self.cfg,
             self.input_field,
@@ -220,12 +232,13 @@ class RecordStage:
         from rlaif.engines import make_engine
         from rlaif.errors import UserError
 
-        model = self.models[role]
-        if model.path not in self._engines:
+        model, settings = self.models[role], self._settings(role)
+        key = (model.path, settings.engine, settings.base_url)
+        if key not in self._engines:
             distinct = len({m.path for m in self.models.values()})
             share = share or 1.0 / distinct
-            engine = make_engine(model.path, self.settings, self.cfg.seed, share)
-            self._engines[model.path] = engine
+            engine = make_engine(model.path, settings, self.cfg.seed, share)
+            self._engines[key] = engine
             served = [getattr(e, "model_id", None) for e in self._engines.values()]
             if len(served) > 1 and len(set(served)) < len(served):
                 # One server answering two model names with its single model would, e.g.,
@@ -234,7 +247,7 @@ class RecordStage:
                     f"two of {', '.join(self.models)} reach the server's one model"
                     f" {engine.model_id!r}; serve each model under its own name"
                 )
-        return self._engines[model.path]
+        return self._engines[key]
 
     def close_engines(self) -> None:
         engines, self._engines = list(self._engines.values()), {}
@@ -280,6 +293,8 @@ class RecordStage:
             models={
                 **{role: m.describe() for role, m in self.models.items()},
                 "engine": self.engine_name,
+                # servers (base_url) are where, not what: left out, as from fingerprints
+                **{f"{role}_engine": s.engine for role, s in self.role_settings.items()},
             },
             constitution=self.constitution,
             counts=counts,

@@ -16,6 +16,23 @@ import math
 # fewer than 12 pairs (Wilson width 0.51 at 11, 0.49 at 12); at 0/n, fewer than 4. Showing
 # such a figure as a number invites reading 0% or 100% off two pairs.
 TOO_WIDE = 0.5
+# Probabilities are clipped into [P_CLIP, 1 − P_CLIP] before a logit: `--method generate` and
+# some servers give exact 0s and 1s, whose log-odds are infinite.
+P_CLIP = 1e-6
+
+
+def sigmoid(x: float) -> float:
+    """σ(x), without overflow for large |x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+def logit(p: float) -> float:
+    """log(p / (1 − p)) of p clipped into [P_CLIP, 1 − P_CLIP]."""
+    p = min(max(p, P_CLIP), 1.0 - P_CLIP)
+    return math.log(p / (1.0 - p))
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:

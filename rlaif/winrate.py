@@ -8,6 +8,10 @@ is judged against sampled principles in both orders. A prompt counts as
   baseline's, and a **tie** when the orders disagree (the verdict does not survive swapping the
   positions, so it says more about the judge than the answers) or the answers are identical.
 
+With `--method rating` each answer is rated alone (the scorer `label --method rating` and
+`rl --reward judge` use): no order exists, so a prompt is a win when p > 0.5, a loss when
+p < 0.5 and a tie only at exactly 0.5 or for identical answers.
+
 The win rate counts ties as half: (W + T/2) / N, with a Wilson 95% interval on W + T/2
 successes out of N. The judge's mean probability that the policy is better is reported
 too. With `--rm`, each side's mean reward from a reward model is added.
@@ -69,7 +73,7 @@ class WinrateConfig(RecordSettings):
     )
     judge_model: str = option(EMBEDDED_ALIAS, help="Judge: HF folder, hub id, .gguf or alias.")
     constitution: str = constitution_option()
-    judging: JudgingSettings = group(JudgingSettings, only=("principles_per_pair",))
+    judging: JudgingSettings = group(JudgingSettings, only=("principles_per_pair", "method", "tau"))
     reward_model: str | None = option(
         None, help="Also report each side's mean reward.", flags=("--rm",)
     )
@@ -97,6 +101,8 @@ def outcome(row: dict) -> str:
     """Win / tie / loss for the first response (the policy's) in one labelled row."""
     if row.get("identical"):
         return "tie"
+    if row.get("method") == "rating":  # pointwise: no order to survive, p decides
+        return "win" if row["p"] > 0.5 else "loss" if row["p"] < 0.5 else "tie"
     judgements = [Judgement.from_dict(j) for j in row["judgements"]]
     paired = [j for j in judgements if j.paired]
     if not paired:
@@ -268,6 +274,8 @@ def run(cfg: WinrateConfig) -> dict:
         out_rows = []
         for pair in pairs:
             row = labelled.get(pair.id)
+            if row is not None:
+                row = policy_first(row, pair.responses[0])
             base = {
                 "id": pair.id,
                 "prompt": pair.prompt,
@@ -296,8 +304,35 @@ def run(cfg: WinrateConfig) -> dict:
     return manifest
 
 
+def policy_first(row: dict, policy_answer: str) -> dict:
+    """A label row seen from the policy's side. The judging shows each pair in a seeded random
+    order and writes its row in that order, so in about half of the rows responses[0] is the
+    baseline's answer: there p, each order's p and the scores are the baseline's, and are
+    turned round here (P(policy) shown first = 1 − P(baseline) shown second)."""
+    if row["responses"][0] == policy_answer:
+        return row
+    judgements = []
+    for j in row["judgements"]:
+        flipped = {**j, "p": 1.0 - j["p"]}
+        flipped["p_ab"] = None if j.get("p_ba") is None else 1.0 - j["p_ba"]
+        flipped["p_ba"] = None if j.get("p_ab") is None else 1.0 - j["p_ab"]
+        if "scores" in j:
+            flipped["scores"] = j["scores"][::-1]
+        judgements.append(flipped)
+    return {
+        **row,
+        "p": 1.0 - row["p"],
+        "responses": row["responses"][::-1],
+        "judgements": judgements,
+    }
+
+
 def _verdicts(label_row: dict) -> dict:
-    return {"judgements": label_row["judgements"], "principle_ids": label_row["principle_ids"]}
+    return {
+        "judgements": label_row["judgements"],
+        "principle_ids": label_row["principle_ids"],
+        "method": label_row["method"],
+    }
 
 
 def _score_rewards(path: str, rows: list[dict]) -> dict:

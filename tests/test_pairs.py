@@ -186,7 +186,15 @@ def test_row_without_a_pair_is_rejected():
     )
 
 
-@pytest.mark.parametrize(("responses", "got"), [(["a", "b", "c"], "3"), (["a"], "1"), ("a", "str")])
+MORE_NEEDS_RATING = (
+    " (more than two: only `rlaif label --method rating` takes them, keeping the best and the"
+    " worst)"
+)
+
+
+@pytest.mark.parametrize(
+    ("responses", "got"), [(["a", "b", "c"], "3" + MORE_NEEDS_RATING), (["a"], "1"), ("a", "str")]
+)
 def test_wrong_number_of_responses(responses, got):
     fails(
         f"in.jsonl:1: 'responses' must be a list of exactly two responses, got {got}",
