@@ -10,12 +10,14 @@ the expected rating, on the judge's own 1–9 scale (5 is the middle, 1 and 9 th
 
 P̂ is the digit distribution with the batch's digit prior removed ("batch calibration", Zhou
 et al. 2024): each distribution is divided, digit by digit, by the mean distribution over the
-batch, and renormalised. Why: small judges answer nearly every rating prompt with the same digit
-(the embedded 135M model puts most of its mass on one digit whatever the response), so raw
-expected ratings all sit within a few hundredths of each other and the differences that carry
-the judgement are buried under that shared preference. Dividing by the batch mean keeps what
-distinguishes one response from the others in the batch and drops what they all share. Departures
-and consequences, named:
+batch, and renormalised. Why: a judge's habit for some digit is shared by every response it
+rates and says nothing about any of them; dividing by the batch mean keeps what distinguishes
+one response from the others in the batch and drops what they all share. Measured on 24 XSTest
+responses (12 pairs, one principle): the embedded 135M judge's most likely digit was 9 for
+every one of them (35% of the mass on average), so its raw scores all sat at 5.3–6.3, above
+the middle whatever the response; with the prior removed they sit at 4.6–5.5 around the scale's
+middle, with about the same spread (sd 0.27 before, 0.23 after). Removing a habit re-centres a
+judge; it cannot create a signal the judge does not have. Departures and consequences, named:
 
 - The prior is the mean *probability* per digit, not the mean log-probability (a digit that one
   response makes impossible would send a log-mean to −∞ for the whole batch).

@@ -271,3 +271,15 @@ def test_winrate_reads_every_verdict_from_the_policys_side():
             assert seen["responses"][0] == "policy says" and seen["p"] > 0.5
             seen["outcome"] = winrate.outcome({**seen, "identical": False})
             assert seen["outcome"] == "win", seen
+
+
+def test_sample_one_row_takes_any_count():
+    from rlaif.sample import SampleConfig, pairs_of
+
+    assert SampleConfig(prompts="-", output="-", n=3, one_row=True).n == 3
+    with pytest.raises(UserError, match="--n 3: an even number"):
+        SampleConfig(prompts="-", output="-", n=3)
+    row = {"id": "p", "prompt": [{"role": "user", "content": "Q?"}], "samples": ["a", "b", "c"]}
+    assert pairs_of(row, one_row=True) == [
+        {"id": "p", "prompt": row["prompt"], "responses": ["a", "b", "c"]}
+    ]
