@@ -118,18 +118,27 @@ def judge_section(run: Run) -> str:
     """The judge card of each `rlaif label` output (from its manifest) and of each card that
     `eval agreement/judge --json` wrote: once each, warnings highlighted."""
     cards = [
-        (output.name, manifest.get("diagnostics"))
+        (output.name, manifest.get("diagnostics"), manifest.get("calibration"))
         for output, manifest in run.jsonl_stages.get("label", [])
     ]
-    cards += [(path.name, card) for path, card in run.judge_cards]
-    parts = [_card_block(name, diag) for name, diag in cards if diag]
+    cards += [(path.name, card, None) for path, card in run.judge_cards]
+    parts = [_card_block(name, diag, calibration) for name, diag, calibration in cards if diag]
     if not parts:
         return _section("judge", "Judge", _missing("no `rlaif label` output or judge card"))
     return _section("judge", "Judge", "".join(parts))
 
 
-def _card_block(name: str, diag: dict) -> str:
+def _card_block(name: str, diag: dict, calibration: dict | None = None) -> str:
     lines = format_diagnostics(diag, title=f"Judge card: {name}").splitlines()
+    if diag.get("jury"):
+        from rlaif.jury import format_jury
+
+        lines += ["", *format_jury(diag["jury"]).splitlines()]
+    if calibration:  # `label --calibrate-on`: the fit behind these labels
+        from rlaif.calibration import format_calibration
+
+        reference = calibration.get("reference", {}).get("path", "the reference")
+        lines += ["", *format_calibration(calibration, reference).splitlines()]
     body = "\n".join(
         f'<span class="warning">{_e(line)}</span>' if line.startswith("WARNING:") else _e(line)
         for line in lines

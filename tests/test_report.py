@@ -208,3 +208,27 @@ def test_report_renders_in_headless_chromium(tmp_path):
     attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', body))
     assert attributes["images"] == "3" and attributes["decoded"] == "3"
     assert attributes["sections"].split(",") == list(SECTIONS)
+
+
+def test_the_calibration_behind_labels_is_shown_with_their_card(tmp_path):
+    from rlaif.calibration import calibration_report
+
+    # A judge whose p_raw is overconfident on 60 reference pairs: the fit is a real one.
+    p_raw = [0.9, 0.1, 0.8, 0.3, 0.95, 0.6] * 10
+    outcomes = [1, 0, 0, 0, 1, 1] * 10
+    calibration = calibration_report(p_raw, outcomes, 5, 0, bias=False)
+    calibration["reference"] = {"path": "ref.jsonl", "sha256": "0" * 64}
+    root = tmp_path / "run"
+    root.mkdir()
+    write_jsonl(str(root / "prefs.jsonl"), label_rows())
+    write_json(
+        root / "prefs.jsonl.manifest.json",
+        {
+            "stage": "label",
+            "diagnostics": judge_diagnostics(label_rows()),
+            "calibration": calibration,
+        },
+    )
+    page = html.unescape(render(discover(root)))
+    assert page.count("Calibration on ref.jsonl (60 pairs, 5-fold held out)") == 1
+    assert f"a = {calibration['fit']['a']:.3f}" in page
