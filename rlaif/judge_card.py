@@ -244,8 +244,7 @@ def publish_card(cfg: CardSettings, rows: list[dict], source: str) -> dict:
     then apply the gate. Returns the card."""
     diag = judge_diagnostics(rows, cfg.group_by, cfg.n_bins)
     text = format_diagnostics(diag, title=f"Judge card: {source}")
-    if rows and all("judges" in r for r in rows):  # a jury's labels: each judge, and kappa
-        diag["jury"] = jury.jury_diagnostics(rows)
+    if jury.add_jury_figures(diag, rows).get("jury"):  # a jury's labels: each judge, kappa
         text += "\n" + jury.format_jury(diag["jury"])
     card = {"kind": CARD_KIND, "source": source, **diag}
     print(text, end="", file=sys.stderr if cfg.json_out == STDIO else sys.stdout)

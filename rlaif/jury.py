@@ -236,6 +236,14 @@ def judge_view(row: dict, role: str) -> dict:
     }
 
 
+def add_jury_figures(diagnostics: dict, rows: list[dict]) -> dict:
+    """The judge diagnostics of label rows, plus each judge's figures and kappa when the rows
+    are a jury's (label, merge and the judge card all describe labels this way)."""
+    if rows and all("judges" in r for r in rows):
+        diagnostics["jury"] = jury_diagnostics(rows)
+    return diagnostics
+
+
 def jury_diagnostics(rows: list[dict]) -> dict:
     """Each judge's own figures and every two judges' mutual agreement (Cohen's kappa on
     'prefers responses[0]', p > 0.5)."""

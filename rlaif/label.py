@@ -234,9 +234,7 @@ def run(cfg: LabelConfig) -> dict:
             applied = calibration["applied"]
             fit = PlattFit(applied["a"], applied["b"], None, None, calibration["pairs"])
             rows = [calibrate_row(row, fit) for row in rows]
-        diagnostics = judge_diagnostics(rows)
-        if len(cfg.judges) > 1:
-            diagnostics["jury"] = jury.jury_diagnostics(rows)
+        diagnostics = jury.add_jury_figures(judge_diagnostics(rows), rows)
         manifest = stage.publish(
             rows,
             counts={

@@ -229,8 +229,9 @@ def merged_manifest(parts: list[ShardPart], rows: list[dict], output: str, start
     )
     if base.get("stage") == "label":
         from rlaif.diagnostics import judge_diagnostics
+        from rlaif.jury import add_jury_figures
 
-        manifest["diagnostics"] = judge_diagnostics(rows)
+        manifest["diagnostics"] = add_jury_figures(judge_diagnostics(rows), rows)
     return manifest
 
 

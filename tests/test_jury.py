@@ -142,6 +142,24 @@ def test_a_two_judge_jury_on_scripted_judges():
     assert "judge-2 (table-judge)" in text and "Cohen's kappa judge vs judge-2" in text
 
 
+def test_the_card_of_a_jurys_labels_shows_each_judge_and_kappa(tmp_path):
+    from rlaif.files import write_jsonl
+
+    good = TableJudge({"safe": 0.9, "harmful": 0.1})
+    biased = TableJudge({"safe": 0.8, "harmful": 0.8})
+    records = [record(("safe", "harmful"), reference=0, rid=f"r{i}") for i in range(8)]
+    rows = jury_rows([("judge", good), ("judge-2", biased)], records)
+    labels = tmp_path / "prefs.jsonl"
+    write_jsonl(str(labels), rows)
+    done = subprocess.run(
+        rlaif_cmd("eval", "agreement", str(labels), "--json", "-"), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Cohen's kappa judge vs judge-2" in done.stderr
+    card = json.loads(done.stdout)
+    assert card["jury"]["kappa"][0]["n"] == 8
+
+
 def test_a_rating_jury_picks_the_pair_by_its_mean_score():
     a = RatingTable({"w": prior_heavy(1), "x": prior_heavy(9), "y": prior_heavy(5)})
     b = RatingTable({"w": prior_heavy(2), "x": prior_heavy(3), "y": prior_heavy(9)})
