@@ -203,6 +203,7 @@ class RecordStage:
         }
         self.tokens = TokenCounter()
         self._engines: dict[str, object] = {}
+        self._dtypes: dict[str, dict[str, str]] = {}  # model path -> use -> dtype it ran in
         # Once: a local model folder's identity stats every file in it.
         self._model_ids = {f"{role}_model_sha256": m.identity() for role, m in self.models.items()}
         # The manifest of an output that is up to date: the stage has nothing to do.
@@ -249,7 +250,16 @@ class RecordStage:
                 )
         return self._engines[key]
 
+    def engine_dtypes(self) -> dict[str, dict[str, str]]:
+        """The dtype each role's model ran in, per use (e.g. judge: {"score": "bfloat16"}):
+        --dtype auto resolves per machine and per use (`engines.resolved_dtype`)."""
+        for path, engine in self._engines.items():
+            self._dtypes.setdefault(path, {}).update(engine.dtypes)
+        used = self._dtypes
+        return {role: used[m.path] for role, m in self.models.items() if used.get(m.path)}
+
     def close_engines(self) -> None:
+        self.engine_dtypes()  # remembered for the manifest
         engines, self._engines = list(self._engines.values()), {}
         for engine in engines:
             engine.close()
@@ -300,7 +310,12 @@ class RecordStage:
             counts=counts,
             tokens=self.tokens.tokens,
             started=self.started,
-            extra={**extra, **shard_fields, "fingerprint": self.fingerprint()},
+            extra={
+                **extra,
+                **shard_fields,
+                "engine_dtypes": self.engine_dtypes(),
+                "fingerprint": self.fingerprint(),
+            },
         )
 
     def publish(self, rows: list[dict], **manifest_args) -> dict:

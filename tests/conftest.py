@@ -77,7 +77,11 @@ def _engine(name: str, model_path: str, request):
 
         # The server is started only when an openai test runs, not for every session.
         base_url = request.getfixturevalue("openai_server") if name == "openai" else None
-        settings = EngineSettings(engine=name, max_model_len=2048, base_url=base_url)
+        # float32: the shared suite holds every engine to a float32 transformers forward pass;
+        # --dtype auto's bf16 scoring has its own tests (test_engines.py)
+        settings = EngineSettings(
+            engine=name, max_model_len=2048, base_url=base_url, dtype="float32"
+        )
         _engines[name] = make_engine(model_path, settings)
     return _engines[name]
 

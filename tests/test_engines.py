@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,112 @@ def test_prompts_that_cannot_fit_fail_with_one_clear_error(engine):
         engine.generate([too_long], GREEDY, [0])
     with pytest.raises(UserError, match=r"plus 1 new tokens exceeds --max-model-len 2048"):
         engine.score_options([too_long], ["A", "B"])
+
+
+# --dtype auto: resolved per use (generation, scoring) and per machine -----------------------
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_auto_scores_in_bf16_only_where_the_cpu_has_it(monkeypatch, has_bf16):
+    from rlaif import training
+    from rlaif.engines import resolved_dtype
+
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: has_bf16)
+    assert resolved_dtype("auto", "score", on_gpu=False) == ("bfloat16" if has_bf16 else "float32")
+    assert resolved_dtype("auto", "generate", on_gpu=False) == "float32"  # answers stay stable
+    assert resolved_dtype("auto", "score", on_gpu=True) == "auto"  # the engine's own choice
+    for explicit in ("float32", "bfloat16", "float16"):
+        assert resolved_dtype(explicit, "score", on_gpu=False) == explicit
+        assert resolved_dtype(explicit, "generate", on_gpu=False) == explicit
+
+
+def test_models_by_use_load_what_each_use_needs():
+    from rlaif.engines.base import ModelsByUse
+
+    loads = []
+
+    def load(dtype):
+        loads.append(dtype)
+        return f"model-{dtype}", dtype
+
+    both = {"generate": "float32", "score": "bfloat16"}
+    scoring_first = ModelsByUse(load, both)
+    assert loads == []  # which one is needed is known at the first use
+    assert scoring_first("score") == "model-bfloat16"
+    assert scoring_first("generate") == "model-float32"  # generation never runs in bf16 here
+    assert scoring_first("score") == "model-bfloat16"
+    assert loads == ["bfloat16", "float32"]
+    assert scoring_first.used == both
+
+    loads.clear()
+    generating_first = ModelsByUse(load, both)
+    generating_first("generate")
+    assert generating_first("score") == "model-float32"  # no second copy for scoring
+    assert loads == ["float32"]
+    assert generating_first.used == {"generate": "float32", "score": "float32"}
+
+    loads.clear()
+    one = ModelsByUse(load, {"generate": "float32", "score": "float32"})
+    assert loads == ["float32"]  # nothing to wait for: loaded at once, as before
+    one("score"), one("generate")
+    assert loads == ["float32"]
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_auto_hf_engine_scores_in_the_resolved_dtype(monkeypatch, embedded_model, has_bf16):
+    """On a bf16 CPU the transformers engine scores in bf16, close to float32's scores, and
+    generates in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlaif import training
+    from rlaif.engines import EngineSettings, make_engine
+
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: has_bf16)
+    engine = make_engine(embedded_model, EngineSettings(engine="hf", max_model_len=2048))
+    try:
+        chats = [chat("Is the sky green? (A) yes (B) no"), chat("Pick a letter: (A) or (B)?")]
+        got = engine.score_options(chats, ["A", "B"], answer_prefix="(")
+        dtype = "bfloat16" if has_bf16 else "float32"
+        assert engine.dtypes == {"score": dtype}
+        assert next(engine.models("score").parameters()).dtype == getattr(torch, dtype)
+
+        tokenizer = AutoTokenizer.from_pretrained(embedded_model)
+        model = AutoModelForCausalLM.from_pretrained(embedded_model, dtype=torch.float32)
+        for c, scores in zip(chats, got, strict=True):
+            ids = torch.tensor([render_prompt_ids(tokenizer, c, "(")])
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
+            for option, lp in zip(["A", "B"], scores.logprobs, strict=True):
+                expected = torch.logsumexp(logprobs[option_token_ids(tokenizer, option)], 0)
+                # bf16 keeps 8 bits of mantissa: an option's log-prob moved by up to 0.21 here
+                # (the labels' p by far less: benchmarks/label_dtype.py)
+                assert lp == pytest.approx(expected.item(), abs=0.35 if has_bf16 else 0.02)
+
+        engine.generate([chat("Say hi.")], GREEDY, [0])
+        assert engine.dtypes == {"score": dtype, "generate": "float32"}
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_label_manifest_records_the_resolved_dtype(
+    monkeypatch, home_with_model, tmp_path, has_bf16
+):
+    from rlaif import label, training
+    from rlaif.engines import EngineSettings
+
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: has_bf16)
+    pairs = tmp_path / "pairs.jsonl"
+    hh = (Path(__file__).parent / "data" / "hh-harmless-64.jsonl").read_text().splitlines()
+    pairs.write_text("\n".join(hh[:2]) + "\n")
+    manifest = label.run(
+        label.LabelConfig(
+            pairs=str(pairs),
+            output=str(tmp_path / "prefs.jsonl"),
+            engine=EngineSettings(engine="hf", max_model_len=4096),
+        )
+    )
+    dtype = "bfloat16" if has_bf16 else "float32"
+    assert manifest["engine_dtypes"] == {"judge": {"score": dtype}}
+    assert manifest["settings"]["engine"]["dtype"] == "auto"

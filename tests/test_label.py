@@ -137,7 +137,8 @@ def label_file(tmp_path: Path, engine: str, **overrides) -> tuple[list[dict], di
         pairs=str(forty),
         output=str(tmp_path / f"prefs-{engine}.jsonl"),
         seed=1,
-        engine=EngineSettings(engine=engine, max_model_len=2048),
+        # float32: the engines are compared with each other (bf16 scoring: test_engines.py)
+        engine=EngineSettings(engine=engine, max_model_len=2048, dtype="float32"),
         **overrides,
     )
     manifest = label.run(cfg)

@@ -20,6 +20,7 @@ __all__ = [
 
 ENGINE_CHOICES = ("auto", "vllm", "hf", "openai")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+USES = ("generate", "score")  # what an engine is asked to do; --dtype auto resolves per use
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,12 @@ class EngineSettings:
     trust_remote_code: bool = option(
         False, help="Run model code from the hub (off: safer).", flags=("--trust-remote-code",)
     )
-    # "auto": float32 on a CPU (see the engines for why), the model's own dtype on a GPU.
+    # "auto": see resolved_dtype (per use: generation and scoring may differ on a CPU).
     dtype: str = option(
-        "auto", help="Weights' dtype: auto (float32 on CPU), float32, bfloat16 or float16."
+        "auto",
+        help="Weights' dtype: auto (on a CPU: float32 to generate, bfloat16 to score where the"
+        " CPU has bf16 arithmetic, else float32; on a GPU: the engine's choice), float32,"
+        " bfloat16 or float16.",
     )
     # --engine openai: the server's API root (with /v1), where the model runs instead of here.
     # Several: one engine over a fleet of servers of one model (see engines/fleet.py).
@@ -95,6 +99,32 @@ def result_settings(settings: EngineSettings) -> dict:
     from dataclasses import asdict
 
     return {k: v for k, v in asdict(settings).items() if k not in SERVING_ONLY}
+
+
+def resolved_dtype(dtype: str, use: str, on_gpu: bool) -> str:
+    """`--dtype` for one use of a model on this machine: "generate" (answers, rationales,
+    verdicts) or "score" (option log-probabilities: label's and rl's judge).
+
+    On a GPU, auto stays "auto": the engine's own choice (vLLM: the model's dtype;
+    transformers: bfloat16 where the GPU has it). On a CPU, auto generates in float32: in
+    bf16, vLLM's CPU default, greedy answers of the small model changed. It scores in bfloat16
+    where the CPU has bf16 arithmetic (AVX-512 BF16 or AMX; `training.cpu_has_bf16`), else in
+    float32: on the 182 dev pairs bf16 scoring ran 1.5x (vLLM) and 2.6x (transformers) faster,
+    moved p by 0.014-0.016 on average (at most 0.062), and flipped only near-ties, never a
+    verdict with |p - 0.5| >= 0.026 (benchmarks/label_dtype.py; figures in README, Engines).
+    `--dtype float32` gives the float32 labels.
+    """
+    if use not in USES:
+        raise ValueError(f"unknown engine use {use!r}")
+    if dtype != "auto":
+        return dtype
+    if on_gpu:
+        return "auto"
+    if use == "generate":
+        return "float32"
+    from rlaif.training import cpu_has_bf16
+
+    return "bfloat16" if cpu_has_bf16() else "float32"
 
 
 def vllm_available() -> bool:

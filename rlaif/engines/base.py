@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 Chat = list[dict[str, str]]
 
@@ -56,6 +56,47 @@ class Engine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    # The dtype each use ran in so far, e.g. {"score": "bfloat16"}: the manifest records it.
+    @property
+    def dtypes(self) -> dict[str, str]: ...
+
+
+class ModelsByUse:
+    """The model an engine runs, loaded in the dtype each use resolves to
+    (`engines.resolved_dtype`).
+
+    Usually both uses resolve alike (a GPU, an explicit --dtype, a CPU without bf16) and the
+    one model is loaded at once. Where they differ (--dtype auto on a bf16 CPU: scoring in
+    bfloat16, generation in float32) nothing is loaded until the first use, which loads the
+    model in its own dtype: label, which only scores, loads one bfloat16 model. Scoring after
+    generation (e.g. --cot) reuses the float32 model, the reference a bf16 copy approximates,
+    rather than loading a second one; generation after scoring loads a float32 copy, so
+    answers never come from a dtype that changes them.
+    """
+
+    def __init__(self, load, wanted: dict[str, str]):
+        self._load = load  # dtype name -> (model, the dtype it runs in)
+        self._wanted = wanted  # use -> dtype
+        self._loaded: dict[str, tuple[Any, str]] = {}
+        self.used: dict[str, str] = {}  # use -> the dtype it ran in
+        if len(set(wanted.values())) == 1:
+            self._loaded[next(iter(wanted.values()))] = load(next(iter(wanted.values())))
+
+    def __call__(self, use: str):
+        """The model for `use` ("generate" or "score")."""
+        dtype = self._wanted[use]
+        if dtype not in self._loaded:
+            if use == "score" and self._loaded:
+                dtype = next(iter(self._loaded))
+            else:
+                self._loaded[dtype] = self._load(dtype)
+        model, actual = self._loaded[dtype]
+        self.used[use] = actual
+        return model
+
+    def close(self) -> None:
+        self._loaded.clear()
 
 
 def render_prompt_ids(tokenizer, chat: Chat, answer_prefix: str = "") -> list[int]:

@@ -14,27 +14,41 @@ class HFEngine:
 
     def __init__(self, model_path: str, settings):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from rlaif.engines import USES, resolved_dtype
 
         self.model_id = model_path
         self.settings = settings
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if settings.dtype != "auto":
-            dtype = getattr(torch, settings.dtype)
-        elif self.device == "cuda" and torch.cuda.is_bf16_supported():
-            dtype = torch.bfloat16
-        else:  # many CPUs lack fast bf16, and float32 keeps results comparable across engines
-            dtype = torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(
             model_path, trust_remote_code=settings.trust_remote_code
         )
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=dtype, trust_remote_code=settings.trust_remote_code
-        ).to(self.device)
-        self.model.eval()
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
+        on_gpu = self.device == "cuda"
+        self.models = base.ModelsByUse(
+            self._load, {use: resolved_dtype(settings.dtype, use, on_gpu) for use in USES}
+        )
+
+    def _load(self, dtype_name: str):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if dtype_name == "auto":  # a GPU: bf16 where it has it
+            dtype_name = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_id,
+            dtype=getattr(torch, dtype_name),
+            trust_remote_code=self.settings.trust_remote_code,
+        ).to(self.device)
+        model.eval()
+        return model, dtype_name
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return dict(self.models.used)
 
     def _batches(self, prompts: list[list[int]]):
         """Indices grouped into batches of similar length, so little compute goes to padding."""
@@ -62,14 +76,15 @@ class HFEngine:
         prompts = [base.render_prompt_ids(self.tokenizer, chat) for chat in chats]
         base.check_fits(prompts, sampling.max_new_tokens, self.settings.max_model_len)
         results: list[Completion | None] = [None] * len(prompts)
-        eos_ids = self._eos_ids()
+        model = self.models("generate")
+        eos_ids = self._eos_ids(model)
         for batch in self._batches(prompts):
             ids, mask = self._left_padded([prompts[i] for i in batch])
             # transformers samples a whole batch from one generator, so per-request seeds cannot
             # be honoured exactly; seeding from the batch's seeds keeps reruns identical.
             torch.manual_seed(_combine_seeds(seeds[i] for i in batch))
             with torch.no_grad():
-                out = self.model.generate(
+                out = model.generate(
                     input_ids=ids,
                     attention_mask=mask,
                     max_new_tokens=sampling.max_new_tokens,
@@ -99,12 +114,13 @@ class HFEngine:
         base.check_fits(prompts, 1, self.settings.max_model_len)
         variants = [base.option_token_ids(self.tokenizer, o) for o in options]
         results: list[OptionScores | None] = [None] * len(prompts)
+        model = self.models("score")
         for batch in self._batches(prompts):
             ids, mask = self._left_padded([prompts[i] for i in batch])
             with torch.no_grad():
                 # Left padding puts every prompt's last token in the last column: one forward
                 # pass, logits of that position only.
-                logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
+                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
             logprobs = torch.log_softmax(logits[:, -1, :].float(), dim=-1).cpu()
             for row, i in enumerate(batch):
                 scores = [
@@ -113,15 +129,15 @@ class HFEngine:
                 results[i] = OptionScores(scores, len(prompts[i]))
         return results  # type: ignore[return-value]
 
-    def _eos_ids(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
+    def _eos_ids(self, model) -> set[int]:
+        eos = model.generation_config.eos_token_id
         ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
         if self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
     def close(self) -> None:
-        del self.model
+        self.models.close()
 
 
 def _combine_seeds(seeds) -> int:

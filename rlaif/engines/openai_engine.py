@@ -87,6 +87,10 @@ class OpenAIEngine:
             list(zip(chats, prefixes, strict=True)),
         )
 
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return {}  # the server's own choice
+
     def close(self) -> None:
         self.client.close()
 

@@ -29,28 +29,45 @@ class VLLMEngine:
             # In-process engine: no worker processes to spawn on a CPU, and it starts faster.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from transformers import AutoTokenizer
-        from vllm import LLM
+
+        from rlaif.engines import USES, resolved_dtype
 
         self.model_id = model_path
         self.max_model_len = settings.max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(
             model_path, trust_remote_code=settings.trust_remote_code
         )
-        self.llm = LLM(
-            model=model_path,
-            seed=seed,
+        self._settings, self._seed, self._share, self._cpu_only = settings, seed, share, cpu_only
+        self.models = base.ModelsByUse(
+            self._load, {use: resolved_dtype(settings.dtype, use, not cpu_only) for use in USES}
+        )
+
+    def _load(self, dtype: str):
+        from vllm import LLM
+
+        settings, cpu_only = self._settings, self._cpu_only
+        llm = LLM(
+            model=self.model_id,
+            seed=self._seed,
             enable_prefix_caching=True,  # critique and revision prompts share long prefixes
             tensor_parallel_size=settings.tensor_parallel_size,
-            gpu_memory_utilization=settings.gpu_memory_utilization * share,
+            gpu_memory_utilization=settings.gpu_memory_utilization * self._share,
             max_model_len=settings.max_model_len,
             trust_remote_code=settings.trust_remote_code,
-            # On a CPU vLLM downcasts to bf16 by default, which changes greedy answers of small
-            # models (measured on SmolLM2-135M); float32 keeps it in step with transformers.
-            dtype=settings.dtype if settings.dtype != "auto" else "float32" if cpu_only else "auto",
+            # On a CPU, generation runs in float32: vLLM's bf16 default changed greedy answers
+            # of small models (measured on SmolLM2-135M); see engines.resolved_dtype.
+            dtype=dtype,
             # Compiling takes ~60 s more start-up on a CPU (measured: 85 s vs 25 s), more than
             # the runs it speeds up on such a machine; on a GPU, compiled graphs pay off.
             enforce_eager=cpu_only,
         )
+        # "auto" (a GPU): the dtype vLLM chose, for the manifest
+        config = getattr(llm.llm_engine, "model_config", None)
+        return llm, str(getattr(config, "dtype", dtype)).replace("torch.", "")
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return dict(self.models.used)
 
     def generate(
         self, chats: Sequence[Chat], sampling: Sampling, seeds: Sequence[int]
@@ -70,7 +87,7 @@ class VLLMEngine:
             )
             for seed in seeds
         ]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.models("generate").generate(prompts, params, use_tqdm=False)
         return [
             Completion(
                 out.outputs[0].text.strip(),
@@ -96,7 +113,7 @@ class VLLMEngine:
             for c, p in zip(chats, prefixes, strict=True)
         ]
         base.check_fits([p["prompt_token_ids"] for p in prompts], 1, self.max_model_len)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.models("score").generate(prompts, params, use_tqdm=False)
         results = []
         for out in outputs:
             first = out.outputs[0].logprobs[0]
@@ -105,4 +122,4 @@ class VLLMEngine:
         return results
 
     def close(self) -> None:
-        del self.llm
+        self.models.close()
