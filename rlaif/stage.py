@@ -203,7 +203,7 @@ class RecordStage:
         }
         self.tokens = TokenCounter()
         self._engines: dict[str, object] = {}
-        self._dtypes: dict[str, dict[str, str]] = {}  # model path -> use -> dtype it ran in
+        self._dtypes: dict[tuple, dict[str, str]] = {}  # engine key -> use -> dtype it ran in
         # Once: a local model folder's identity stats every file in it.
         self._model_ids = {f"{role}_model_sha256": m.identity() for role, m in self.models.items()}
         # The manifest of an output that is up to date: the stage has nothing to do.
@@ -234,7 +234,7 @@ class RecordStage:
         from rlaif.errors import UserError
 
         model, settings = self.models[role], self._settings(role)
-        key = (model.path, settings.engine, settings.base_url)
+        key = self._engine_key(role)
         if key not in self._engines:
             distinct = len({m.path for m in self.models.values()})
             share = share or 1.0 / distinct
@@ -250,13 +250,18 @@ class RecordStage:
                 )
         return self._engines[key]
 
+    def _engine_key(self, role: str) -> tuple:
+        """One engine per model and the engine it runs on (a jury may hold one model twice)."""
+        settings = self._settings(role)
+        return (self.models[role].path, settings.engine, settings.base_url)
+
     def engine_dtypes(self) -> dict[str, dict[str, str]]:
         """The dtype each role's model ran in, per use (e.g. judge: {"score": "bfloat16"}):
         --dtype auto resolves per machine and per use (`engines.resolved_dtype`)."""
-        for path, engine in self._engines.items():
-            self._dtypes.setdefault(path, {}).update(engine.dtypes)
-        used = self._dtypes
-        return {role: used[m.path] for role, m in self.models.items() if used.get(m.path)}
+        for key, engine in self._engines.items():
+            self._dtypes.setdefault(key, {}).update(engine.dtypes)
+        used = {role: self._dtypes.get(self._engine_key(role)) for role in self.models}
+        return {role: dtypes for role, dtypes in used.items() if dtypes}
 
     def close_engines(self) -> None:
         self.engine_dtypes()  # remembered for the manifest
