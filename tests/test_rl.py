@@ -119,6 +119,7 @@ def test_grpo_moves_the_policy_towards_the_reward(tmp_path, home_with_model, emb
     assert steps[-1]["completions/mean_length"] < steps[0]["completions/mean_length"]
     assert changed_parameters(out, embedded_model)
     assert manifest["inputs"]["reward"] == {"kind": "python", "function": "toy_rewards:brevity"}
+    assert 512 < manifest["metrics"]["peak_rss_mib"] < 64 * 1024  # above the 0.5 GiB of weights
     assert (out / "curves.png").stat().st_size > 1000
 
 
