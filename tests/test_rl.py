@@ -195,3 +195,24 @@ def test_direct_rlaif_through_the_cli_resumes_after_a_crash(tmp_path, home_with_
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["steps"] == 2 and manifest["constitution"]["name"] == "harmless"
     assert not Path(f"{out}.partial").exists() and generates(out) is not None
+
+
+def test_rollouts_run_in_bf16_when_training_does():
+    """With --dtype auto resolving to bf16, `generate` (which TRL calls outside the Trainer's
+    autocast) computes in bf16 too, over float32 weights that stay float32."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    seen = []
+    model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    ids = torch.tensor([[1, 2, 3]])
+    model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    rl.generate_in_bf16(model)
+    model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert seen[:2] == [torch.float32, torch.float32] and seen[2:] == [torch.bfloat16] * 2
+    assert model.lm_head.weight.dtype == torch.float32
