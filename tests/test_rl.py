@@ -216,3 +216,13 @@ def test_rollouts_run_in_bf16_when_training_does():
     model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
     assert seen[:2] == [torch.float32, torch.float32] and seen[2:] == [torch.bfloat16] * 2
     assert model.lm_head.weight.dtype == torch.float32
+
+
+def test_the_reference_model_is_held_in_bf16_when_training_is():
+    """GRPO/RLOO load the reference from `model_init_kwargs`: bf16 under bf16 training (its
+    pass runs under bf16 autocast anyway), not asked for in float32 or without a KL term."""
+    bf16 = rl.RLConfig(prompts="p.jsonl", output_dir="o", dtype="bfloat16")
+    assert rl._algo_args(bf16)["model_init_kwargs"] == {"dtype": "bfloat16"}
+    fp32 = rl.RLConfig(prompts="p.jsonl", output_dir="o", dtype="float32")
+    no_kl = rl.RLConfig(prompts="p.jsonl", output_dir="o", dtype="bfloat16", kl_coef=0)
+    assert "model_init_kwargs" not in rl._algo_args(fp32) | rl._algo_args(no_kl)
