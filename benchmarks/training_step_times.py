@@ -211,8 +211,13 @@ def _chat(record) -> list[dict]:
     return [*record.prompt, {"role": "assistant", "content": record.responses[0]}]
 
 
-def with_defaults(stage: str, steps: int) -> None:
-    """Child process: `stage` with its default settings on the 64 HH pairs; prints one line."""
+def _size(record) -> int:
+    return len(json.dumps(record.prompt)) + sum(len(r) for r in record.responses)
+
+
+def with_defaults(stage: str, steps: int, longest: int) -> None:
+    """Child process: `stage` with its default settings on the 64 HH pairs (or only the
+    `longest` of them: the worst batch any run on them can meet); prints one line."""
     from rlaif import dpo, rl, sft, train_rm
     from rlaif.files import read_jsonl
     from rlaif.pairs import parse_pair_records
@@ -220,14 +225,22 @@ def with_defaults(stage: str, steps: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="rlaif-bench-defaults-"))
     out, given = str(work / "out"), dict(max_steps=steps, save_steps=10_000)
     records = parse_pair_records(str(HH), read_jsonl(str(HH))[0])
+    prefs = str(HH)
+    if longest:
+        records = sorted(records, key=_size, reverse=True)[:longest]
+        prefs = str(work / "longest.jsonl")
+        Path(prefs).write_text(
+            "".join(json.dumps({"prompt": r.prompt, "chosen": r.responses[0],
+                                "rejected": r.responses[1]}) + "\n" for r in records)
+        )  # fmt: skip
     if stage == "sft":
         chats = work / "chats.jsonl"
         chats.write_text("".join(json.dumps({"messages": _chat(r)}) + "\n" for r in records))
         manifest = sft.run(sft.SFTConfig(data=str(chats), output_dir=out, **given))
     elif stage == "dpo":
-        manifest = dpo.run(dpo.DPOConfig(prefs=str(HH), output_dir=out, **given))
+        manifest = dpo.run(dpo.DPOConfig(prefs=prefs, output_dir=out, **given))
     elif stage == "train-rm":
-        manifest = train_rm.run(train_rm.TrainRMConfig(prefs=str(HH), output_dir=out, **given))
+        manifest = train_rm.run(train_rm.TrainRMConfig(prefs=prefs, output_dir=out, **given))
     else:
         prompts = work / "prompts.jsonl"
         prompts.write_text("".join(json.dumps({"messages": r.prompt}) + "\n" for r in records))
@@ -242,6 +255,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--defaults", action="store_true")
+    parser.add_argument("--longest", type=int, default=0, help="--defaults on the N longest pairs")
     parser.add_argument("--one", nargs=2, metavar=("STAGE", "VARIANT"), help=argparse.SUPPRESS)
     parser.add_argument("--one-default", metavar="STAGE", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -249,13 +263,22 @@ def main() -> None:
         one(*args.one, args.steps)
         return
     if args.one_default:
-        with_defaults(args.one_default, args.steps)
+        with_defaults(args.one_default, args.steps, args.longest)
         return
     if args.defaults:
         print(f"defaults, 64 HH pairs, {args.steps} steps: {'stage':9s} {'s/step':>7s} peak RSS")
         for stage in args.stages.split(","):
             done = subprocess.run(
-                [sys.executable, __file__, "--steps", str(args.steps), "--one-default", stage],
+                [
+                    sys.executable,
+                    __file__,
+                    "--steps",
+                    str(args.steps),
+                    "--longest",
+                    str(args.longest),
+                    "--one-default",
+                    stage,
+                ],  # fmt: skip
                 capture_output=True,
                 text=True,
             )
