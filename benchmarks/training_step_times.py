@@ -1,8 +1,14 @@
 """Seconds per optimiser step and peak memory of each training stage, side by side in one run:
-rlaif in float32, rlaif with --dtype auto (bf16 autocast where the CPU has bf16), and a plain
-TRL script with TRL's own defaults on the same data.
+rlaif as it was (float32, no gradient checkpointing, TRL's 512 MiB log-prob tiles, no trim),
+rlaif in bf16 without checkpointing, rlaif with its defaults (--dtype auto, checkpointing, small
+tiles, freed memory returned), and a plain TRL script with TRL's own defaults on the same data.
 
     .venv/bin/python benchmarks/training_step_times.py [--steps 4] [--stages sft,dpo,train-rm,grpo]
+    .venv/bin/python benchmarks/training_step_times.py --defaults [--steps 4]
+
+`--defaults`: each command with nothing but its data and --max-steps given (its default batch,
+length, precision, checkpointing) on the 64 HH pairs of tests/data (rl: their prompts, the judge
+reward); prints peak RSS, the figure README's "Memory" section states.
 
 Each (stage, variant) runs in its own process, so its peak RSS is its own. Data: SFT on 16
 HH-RLHF conversations (prompt + chosen answer); DPO and train-rm on the same 16 pairs; GRPO on 8
@@ -28,7 +34,13 @@ sys.path.insert(0, str(REPO / "tests"))  # toy_rewards
 HH = REPO / "tests" / "data" / "hh-harmless-64.jsonl"
 PROMPTS = REPO / "tests" / "data" / "short-prompts.jsonl"
 STAGES = ("sft", "dpo", "train-rm", "grpo")
-VARIANTS = ("rlaif float32", "rlaif auto", "plain TRL")
+VARIANTS = ("rlaif before", "rlaif auto no-gc", "rlaif defaults", "plain TRL")
+# (dtype, gradient checkpointing, rlaif's memory measures) of each rlaif variant
+RLAIF_VARIANTS = {
+    "rlaif before": ("float32", False, False),
+    "rlaif auto no-gc": ("auto", False, True),
+    "rlaif defaults": ("auto", True, True),
+}
 
 
 def hh_pairs(n: int):
@@ -65,15 +77,33 @@ def write_data(work: Path) -> dict[str, Path]:
     return {"chats": chats, "prefs": prefs}
 
 
-def run_rlaif(stage: str, dtype: str, steps: int, work: Path, data: dict) -> dict:
-    manifest = _rlaif_manifest(stage, dtype, steps, work, data)
+def run_rlaif(stage: str, variant: str, steps: int, work: Path, data: dict) -> dict:
+    dtype, checkpointing, measures = RLAIF_VARIANTS[variant]
+    if not measures:
+        _without_memory_measures()
+    manifest = _rlaif_manifest(stage, dtype, checkpointing, steps, work, data)
     return {**manifest["metrics"], "precision": manifest.get("precision")}
 
 
-def _rlaif_manifest(stage: str, dtype: str, steps: int, work: Path, data: dict) -> dict:
+def _without_memory_measures() -> None:
+    """rlaif before this change: TRL's own log-prob tiles, no malloc trim."""
+    from transformers import TrainerCallback
+
+    import rlaif.training as training
+
+    training.bound_logprob_tiles = lambda *a: None
+    training.return_freed_memory_to_os = TrainerCallback
+
+
+def _rlaif_manifest(
+    stage: str, dtype: str, checkpointing: bool, steps: int, work: Path, data: dict
+) -> dict:
     from rlaif import dpo, rl, sft, train_rm
 
-    common = dict(max_steps=steps, save_steps=10_000, batch_size=4, dtype=dtype)
+    common = dict(
+        max_steps=steps, save_steps=10_000, batch_size=4, gradient_accumulation_steps=1,
+        dtype=dtype, gradient_checkpointing=checkpointing,
+    )  # fmt: skip
     out = str(work / "out")
     if stage == "sft":
         cfg = sft.SFTConfig(data=str(data["chats"]), output_dir=out, max_length=384, **common)
@@ -163,7 +193,7 @@ def one(stage: str, variant: str, steps: int) -> None:
     if variant == "plain TRL":
         metrics = run_plain_trl(stage, steps, work, data)
     else:
-        metrics = run_rlaif(stage, variant.split()[-1], steps, work, data)
+        metrics = run_rlaif(stage, variant, steps, work, data)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
     print(
         json.dumps(
@@ -177,16 +207,88 @@ def one(stage: str, variant: str, steps: int) -> None:
     )
 
 
+def _chat(record) -> list[dict]:
+    return [*record.prompt, {"role": "assistant", "content": record.responses[0]}]
+
+
+def _size(record) -> int:
+    return len(json.dumps(record.prompt)) + sum(len(r) for r in record.responses)
+
+
+def with_defaults(stage: str, steps: int, longest: int) -> None:
+    """Child process: `stage` with its default settings on the 64 HH pairs (or only the
+    `longest` of them: the worst batch any run on them can meet); prints one line."""
+    from rlaif import dpo, rl, sft, train_rm
+    from rlaif.files import read_jsonl
+    from rlaif.pairs import parse_pair_records
+
+    work = Path(tempfile.mkdtemp(prefix="rlaif-bench-defaults-"))
+    out, given = str(work / "out"), dict(max_steps=steps, save_steps=10_000)
+    records = parse_pair_records(str(HH), read_jsonl(str(HH))[0])
+    prefs = str(HH)
+    if longest:
+        records = sorted(records, key=_size, reverse=True)[:longest]
+        prefs = str(work / "longest.jsonl")
+        Path(prefs).write_text(
+            "".join(json.dumps({"prompt": r.prompt, "chosen": r.responses[0],
+                                "rejected": r.responses[1]}) + "\n" for r in records)
+        )  # fmt: skip
+    if stage == "sft":
+        chats = work / "chats.jsonl"
+        chats.write_text("".join(json.dumps({"messages": _chat(r)}) + "\n" for r in records))
+        manifest = sft.run(sft.SFTConfig(data=str(chats), output_dir=out, **given))
+    elif stage == "dpo":
+        manifest = dpo.run(dpo.DPOConfig(prefs=prefs, output_dir=out, **given))
+    elif stage == "train-rm":
+        manifest = train_rm.run(train_rm.TrainRMConfig(prefs=prefs, output_dir=out, **given))
+    else:
+        prompts = work / "prompts.jsonl"
+        prompts.write_text("".join(json.dumps({"messages": r.prompt}) + "\n" for r in records))
+        manifest = rl.run(rl.RLConfig(prompts=str(prompts), output_dir=out, **given))
+    metrics = manifest["metrics"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+    print(json.dumps({"peak_rss_gib": peak, "s_per_step": metrics["train_runtime_s"] / steps}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--defaults", action="store_true")
+    parser.add_argument("--longest", type=int, default=0, help="--defaults on the N longest pairs")
     parser.add_argument("--one", nargs=2, metavar=("STAGE", "VARIANT"), help=argparse.SUPPRESS)
+    parser.add_argument("--one-default", metavar="STAGE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         one(*args.one, args.steps)
         return
-    print(f"{'stage':9s} {'variant':14s} {'s/step':>7s} {'peak RSS':>9s} {'loss':>7s}")
+    if args.one_default:
+        with_defaults(args.one_default, args.steps, args.longest)
+        return
+    if args.defaults:
+        print(f"defaults, 64 HH pairs, {args.steps} steps: {'stage':9s} {'s/step':>7s} peak RSS")
+        for stage in args.stages.split(","):
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--steps",
+                    str(args.steps),
+                    "--longest",
+                    str(args.longest),
+                    "--one-default",
+                    stage,
+                ],  # fmt: skip
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode:
+                print(f"{stage:9s} failed: {done.stderr.strip().splitlines()[-1]}")
+                continue
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{stage:9s} {r['s_per_step']:7.1f} {r['peak_rss_gib']:7.2f} GiB", flush=True)
+        return
+    print(f"{'stage':9s} {'variant':16s} {'s/step':>7s} {'peak RSS':>9s} {'loss':>7s}")
     for stage in args.stages.split(","):
         base = None
         for variant in VARIANTS:
@@ -196,14 +298,14 @@ def main() -> None:
                 text=True,
             )
             if done.returncode:
-                print(f"{stage:9s} {variant:14s} failed: {done.stderr.strip().splitlines()[-1]}")
+                print(f"{stage:9s} {variant:16s} failed: {done.stderr.strip().splitlines()[-1]}")
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
             base = base or r["s_per_step"]
             loss = "n/a" if r["loss"] is None else f"{r['loss']:.4f}"
             print(
-                f"{stage:9s} {variant:14s} {r['s_per_step']:7.1f} {r['peak_rss_gib']:7.2f} GiB"
-                f" {loss:>7s}   ({base / r['s_per_step']:.2f}x the speed of float32)",
+                f"{stage:9s} {variant:16s} {r['s_per_step']:7.1f} {r['peak_rss_gib']:7.2f} GiB"
+                f" {loss:>7s}   ({base / r['s_per_step']:.2f}x the speed of rlaif before)",
                 flush=True,
             )
 

@@ -175,11 +175,17 @@ def _algo_args(cfg: RLConfig) -> dict:
         common |= {"vllm_mode": "colocate", "vllm_enable_sleep_mode": False}
     if cfg.algo == "online-dpo":
         return common | {"max_new_tokens": cfg.max_new_tokens, "max_length": cfg.max_length}
-    return common | {
+    grouped = {
         "num_generations": cfg.num_generations,
         "max_completion_length": cfg.max_new_tokens,
         "log_completions": False,
     }
+    if cfg.precision == "bfloat16" and cfg.kl_coef > 0:
+        # GRPO/RLOO load their reference model with `model_init_kwargs` (the policy, passed
+        # loaded, ignores them, as TRL's warning says). Its pass runs under bf16 autocast anyway,
+        # so bf16 weights give the same matmuls at half the memory and no per-step casts.
+        grouped["model_init_kwargs"] = {"dtype": "bfloat16"}
+    return common | grouped
 
 
 def check_vllm_rollouts_possible(cfg: RLConfig) -> None:
@@ -217,6 +223,8 @@ def run(cfg: RLConfig) -> dict:
     reward = make_reward(cfg)
     model, tokenizer = load_causal_lm(policy.path, cfg.trust_remote_code)
     tokenizer.padding_side = "left"  # generation pads on the left
+    if cfg.precision == "bfloat16":
+        generate_in_bf16(model)
     dataset = Dataset.from_list([{"prompt": r.messages} for r in records])
 
     def build_trainer(args, peft_config):
@@ -250,6 +258,30 @@ def run(cfg: RLConfig) -> dict:
         started=started,
         constitution=getattr(reward, "constitution", None),
     )
+
+
+def generate_in_bf16(model) -> None:
+    """Rollouts under the same bf16 autocast as the training passes.
+
+    TRL 1.16's GRPO and RLOO trainers run the loss and the reference pass under the Trainer's
+    autocast but call `model.generate` outside it, so with `--dtype auto` the rollouts (the
+    largest part of a step, benchmarks/rl_step_profile.py) still ran in float32. The weights stay
+    float32; autocast casts them once per `generate` call. The loss recomputes every
+    log-probability under the trained weights, so sampling from bf16 logits changes no gradient
+    formula."""
+    import functools
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    generate = model.generate
+
+    @functools.wraps(generate)
+    def bf16_generate(*args, **kwargs):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return generate(*args, **kwargs)
+
+    model.generate = bf16_generate
 
 
 def _with_reference(trainer_cls, kwargs: dict, model, reference):

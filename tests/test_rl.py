@@ -119,6 +119,7 @@ def test_grpo_moves_the_policy_towards_the_reward(tmp_path, home_with_model, emb
     assert steps[-1]["completions/mean_length"] < steps[0]["completions/mean_length"]
     assert changed_parameters(out, embedded_model)
     assert manifest["inputs"]["reward"] == {"kind": "python", "function": "toy_rewards:brevity"}
+    assert 512 < manifest["metrics"]["peak_rss_mib"] < 64 * 1024  # above the 0.5 GiB of weights
     assert (out / "curves.png").stat().st_size > 1000
 
 
@@ -194,3 +195,34 @@ def test_direct_rlaif_through_the_cli_resumes_after_a_crash(tmp_path, home_with_
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["steps"] == 2 and manifest["constitution"]["name"] == "harmless"
     assert not Path(f"{out}.partial").exists() and generates(out) is not None
+
+
+def test_rollouts_run_in_bf16_when_training_does():
+    """With --dtype auto resolving to bf16, `generate` (which TRL calls outside the Trainer's
+    autocast) computes in bf16 too, over float32 weights that stay float32."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    seen = []
+    model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    ids = torch.tensor([[1, 2, 3]])
+    model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    rl.generate_in_bf16(model)
+    model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert seen[:2] == [torch.float32, torch.float32] and seen[2:] == [torch.bfloat16] * 2
+    assert model.lm_head.weight.dtype == torch.float32
+
+
+def test_the_reference_model_is_held_in_bf16_when_training_is():
+    """GRPO/RLOO load the reference from `model_init_kwargs`: bf16 under bf16 training (its
+    pass runs under bf16 autocast anyway), not asked for in float32 or without a KL term."""
+    bf16 = rl.RLConfig(prompts="p.jsonl", output_dir="o", dtype="bfloat16")
+    assert rl._algo_args(bf16)["model_init_kwargs"] == {"dtype": "bfloat16"}
+    fp32 = rl.RLConfig(prompts="p.jsonl", output_dir="o", dtype="float32")
+    no_kl = rl.RLConfig(prompts="p.jsonl", output_dir="o", dtype="bfloat16", kl_coef=0)
+    assert "model_init_kwargs" not in rl._algo_args(fp32) | rl._algo_args(no_kl)

@@ -15,7 +15,9 @@ from rlaif.errors import UserError
 
 HH = DATA / "hh-harmless-64.jsonl"
 PROMPTS = DATA / "prompts.jsonl"
-SMALL = dict(max_steps=3, batch_size=2, max_length=256, save_steps=100)
+SMALL = dict(
+    max_steps=3, batch_size=2, gradient_accumulation_steps=1, max_length=256, save_steps=100
+)
 
 
 def chats(tmp_path: Path, n: int = 8) -> Path:
@@ -63,6 +65,12 @@ def logged(folder: Path, key: str) -> list[float]:
     return [e[key] for e in history if key in e]
 
 
+def assert_peak_rss_recorded(out: Path) -> None:
+    # more than the model's 0.5 GiB of float32 weights, less than the machine
+    peak = json.loads((out / "metrics.json").read_text())["peak_rss_mib"]
+    assert 512 < peak < 64 * 1024
+
+
 def test_sft_trains_on_conversations_and_the_folder_reloads(
     tmp_path, home_with_model, embedded_model
 ):
@@ -79,6 +87,7 @@ def test_sft_trains_on_conversations_and_the_folder_reloads(
     assert manifest["stage"] == "sft" and manifest["counts"]["conversations"] == 8
     assert manifest["counts"]["truncated"] >= 0 and manifest["counts"]["steps"] == 3
     assert (out / "curves.png").stat().st_size > 1000 and (out / "manifest.json").exists()
+    assert_peak_rss_recorded(out)
     assert not Path(str(out) + ".partial").exists()
 
 
@@ -150,6 +159,7 @@ def test_dpo_trains_on_pairs_and_the_folder_reloads(tmp_path, home_with_model, e
     assert manifest["stage"] == "dpo" and manifest["counts"]["pairs"] == 64
     assert manifest["settings"]["loss_type"] == "sigmoid"
     assert (out / "curves.png").stat().st_size > 1000
+    assert_peak_rss_recorded(out)
 
 
 def test_dpo_soft_labels_give_each_pair_its_own_target(tmp_path, home_with_model):

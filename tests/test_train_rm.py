@@ -15,7 +15,14 @@ from rlaif.errors import UserError
 from rlaif.training import last_complete_checkpoint
 
 HH = DATA / "hh-harmless-64.jsonl"
-SMALL = dict(max_steps=3, batch_size=2, max_length=384, learning_rate=1e-4, save_steps=100)
+SMALL = dict(
+    max_steps=3,
+    batch_size=2,
+    gradient_accumulation_steps=1,
+    max_length=384,
+    learning_rate=1e-4,
+    save_steps=100,
+)
 
 
 def test_soft_loss_equals_the_standard_loss_for_hard_labels():
@@ -57,6 +64,7 @@ def test_hard_labels_train_and_the_folder_reloads(tmp_path, home_with_model, emb
     losses = [e["loss"] for e in metrics["log_history"] if "loss" in e]
     assert len(losses) == 4 and len(set(losses)) > 1  # the loss moves
     assert "eval_accuracy" in metrics["eval"]
+    assert 512 < metrics["peak_rss_mib"] < 64 * 1024  # above the float32 weights' 0.5 GiB
     assert (out / "curves.png").stat().st_size > 1000 and (out / "manifest.json").exists()
     assert manifest["counts"]["train"] == 48 and manifest["counts"]["eval"] == 16
 
