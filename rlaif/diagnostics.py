@@ -432,13 +432,13 @@ def _of_pairs(value: str, d: dict) -> str:
     return value if value == "n/a" else f"{value} of {d['pairs']} pairs"
 
 
-def _agreement_cell(figure: dict | None) -> str:
+def agreement_cell(figure: dict | None) -> str:
     if figure is None:
         return "n/a (no reference labels)"
     return format_rate(figure["agree"], figure["n"])
 
 
-def _consistency_cell(d: dict) -> str:
+def consistency_cell(d: dict) -> str:
     n = d.get("paired_judgements")
     if n is None:  # an older manifest: the rate alone
         return _pct(d.get("position_consistency"))
@@ -491,7 +491,7 @@ def _principle_table(per_principle: dict) -> list[str]:
         (
             pid,
             str(f["judgements"]),
-            _consistency_cell(f),
+            consistency_cell(f),
             _pct(f["first_position_rate"]),
             _num(f["mean_p_first"]),
         )
@@ -509,10 +509,10 @@ def _group_table(groups: dict) -> list[str]:
             (
                 key,
                 str(g["pairs"]),
-                _agreement_cell(g["agreement"]),
-                _consistency_cell(g),
-                _agreement_cell(baselines.get("prefer_shorter")),
-                _agreement_cell(baselines.get("prefer_longer")),
+                agreement_cell(g["agreement"]),
+                consistency_cell(g),
+                agreement_cell(baselines.get("prefer_shorter")),
+                agreement_cell(baselines.get("prefer_longer")),
             )
         )
     return [f"by {groups['field']} (shorter/longer: the length baselines)", *_table(header, cells)]
@@ -527,13 +527,13 @@ def format_diagnostics(diag: dict, title: str = "Judge card") -> str:
     overall = [
         ("pairs", str(diag["pairs"])),
         ("judgements", f"{diag['judgements']} ({diag['abstentions']} abstained)"),
-        ("agreement with references", _agreement_cell(agreement) + ties),
+        ("agreement with references", agreement_cell(agreement) + ties),
     ]
     for name, figure in (diag.get("baselines") or {}).items():
-        overall.append((f"  baseline: {name.replace('_', ' ')}", _agreement_cell(figure)))
+        overall.append((f"  baseline: {name.replace('_', ' ')}", agreement_cell(figure)))
     overall += [
         (f"calibration (ECE{bins})", _calibration_cell(calibration_)),
-        ("position consistency", _consistency_cell(diag)),
+        ("position consistency", consistency_cell(diag)),
         ("first-position rate", _first_position_cell(diag)),
         ("mean confidence |p-0.5|", _of_pairs(_num(diag["mean_confidence"]), diag)),
         ("label balance (p > 0.5)", _of_pairs(_pct(diag["label_balance"]), diag)),

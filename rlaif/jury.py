@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rlaif.diagnostics import judge_diagnostics
+from rlaif.diagnostics import agreement_cell, consistency_cell, judge_diagnostics
 from rlaif.engines import ENGINE_CHOICES, EngineSettings
 from rlaif.errors import UserError
 from rlaif.judging import (
@@ -53,7 +53,7 @@ from rlaif.judging import (
 from rlaif.models import EMBEDDED_ALIAS
 from rlaif.options import option
 from rlaif.rating import best_and_worst
-from rlaif.stats import cohen_kappa, logit, sigmoid
+from rlaif.stats import cohen_kappa, format_rate, kappa_interval, logit, sigmoid, too_few
 
 COMBINE = "mean log-odds"
 # p's of exactly 0 or 1 (a parsed verdict, a clamp) have infinite log-odds; one such judge
@@ -262,10 +262,12 @@ def jury_diagnostics(rows: list[dict]) -> dict:
     for i, (first, _) in enumerate(members):
         for second, _ in members[i + 1 :]:
             a, b = verdicts[first], verdicts[second]
+            interval = kappa_interval(a, b)
             kappas.append(
                 {
                     "judges": [first, second],
                     "kappa": cohen_kappa(a, b),
+                    "ci95": None if interval is None else list(interval),
                     "agreement": sum(x == y for x, y in zip(a, b, strict=True)) / len(a),
                     "n": len(a),
                 }
@@ -273,33 +275,28 @@ def jury_diagnostics(rows: list[dict]) -> dict:
     return {"combine": COMBINE, "judges": per_judge, "kappa": kappas}
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{x:.1%}"
-
-
 def format_jury(diag: dict) -> str:
     lines = [f"Jury ({len(diag['judges'])} judges; label = {diag['combine']} of their p)"]
     for role, d in diag["judges"].items():
-        agreement = d["agreement"]
-        agree = (
-            "n/a"
-            if agreement is None
-            else f"{agreement['agree']}/{agreement['n']} = {_pct(agreement['rate'])}"
-            f" (95% CI {_pct(agreement['ci95'][0])}–{_pct(agreement['ci95'][1])})"
-        )
         lines.append(
-            f"  {role} ({d['model']}): agreement {agree}, position consistency"
-            f" {_pct(d['position_consistency'])}, mean confidence {d['mean_confidence']:.3f}"
+            f"  {role} ({d['model']}): agreement {agreement_cell(d['agreement'])},"
+            f" position consistency {consistency_cell(d)},"
+            f" mean confidence {d['mean_confidence']:.3f}"
         )
     for k in diag["kappa"]:
-        kappa = (
-            "n/a (a judge gave one verdict throughout)"
-            if k["kappa"] is None
-            else (f"{k['kappa']:+.3f}")
-        )
+        names = f"{k['judges'][0]} vs {k['judges'][1]}"
+        if k["kappa"] is None:
+            kappa = "n/a (a judge gave one verdict throughout)"
+        elif k.get("ci95") and too_few(k["ci95"], span=2):  # kappa ranges over [−1, 1]
+            kappa = f"too few pairs ({k['n']})"
+        else:
+            low, high = k.get("ci95") or (None, None)
+            kappa = f"{k['kappa']:+.3f}" + (
+                "" if low is None else f" (95% CI {low:+.3f} to {high:+.3f})"
+            )
         lines.append(
-            f"  Cohen's kappa {k['judges'][0]} vs {k['judges'][1]}: {kappa}"
-            f" (same verdict on {_pct(k['agreement'])} of {k['n']} pairs)"
+            f"  Cohen's kappa {names}: {kappa}; same verdict on"
+            f" {format_rate(round(k['agreement'] * k['n']), k['n'])}"
         )
         if k["kappa"] is not None and k["kappa"] < 0.2:
             lines.append(

@@ -193,3 +193,17 @@ def cohen_kappa(a: list[bool], b: list[bool]) -> float | None:
     if chance == 1:
         return None
     return (observed - chance) / (1 - chance)
+
+
+def kappa_interval(a: list[bool], b: list[bool], z: float = 1.96) -> tuple[float, float] | None:
+    """Approximate 95% interval of Cohen's kappa: κ ± z·√(p_o(1 − p_o) / (n (1 − p_e)²))
+    (Cohen 1960's large-sample standard error), clipped to [−1, 1]; None where kappa is."""
+    kappa = cohen_kappa(a, b)
+    if kappa is None:
+        return None
+    n = len(a)
+    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    pa, pb = sum(a) / n, sum(b) / n
+    chance = pa * pb + (1 - pa) * (1 - pb)
+    half = z * math.sqrt(observed * (1 - observed) / n) / (1 - chance)
+    return (max(-1.0, kappa - half), min(1.0, kappa + half))

@@ -479,3 +479,18 @@ def test_cohen_kappa_by_hand():
     assert cohen_kappa([], []) is None
     with pytest.raises(ValueError):
         cohen_kappa([True], [True, False])
+
+
+def test_kappa_interval_by_hand():
+    from rlaif.stats import cohen_kappa, kappa_interval
+
+    a = [True] * 30 + [False] * 30
+    b = [True] * 25 + [False] * 5 + [False] * 25 + [True] * 5
+    # p_o = 50/60, p_e = 0.5, kappa = 2/3; se = sqrt(p_o (1 - p_o) / 60) / 0.5 = 0.0962
+    assert cohen_kappa(a, b) == pytest.approx(2 / 3)
+    low, high = kappa_interval(a, b)
+    assert (low, high) == (
+        pytest.approx(2 / 3 - 1.96 * 0.09623, abs=1e-4),
+        pytest.approx(2 / 3 + 1.96 * 0.09623, abs=1e-4),
+    )
+    assert kappa_interval([True, True], [True, True]) is None
