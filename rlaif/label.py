@@ -36,7 +36,7 @@ class LabelConfig(ShardedRecordSettings):
     For each pair and sampled principle the judge sees the pair as (A, B) and swapped; the
     probabilities of the letters are averaged into p (first response preferred). Rows are in
     TRL preference format (prompt, chosen, rejected) plus p_chosen, per-principle and per-order
-    probabilities and position_consistent. Judge diagnostics are printed at the end and stored
+    probabilities and position_consistent. The judge card is printed at the end and stored
     in the manifest. Any preference already in the input is kept as `reference`, used only
     for agreement figures. With --calibrate-on, the labels are calibrated on reference pairs
     (Platt scaling, cross-validated; a judge at chance gets labels of 0.5).

@@ -200,7 +200,7 @@ def test_label_calibrates_on_reference_pairs_and_a_rerun_is_up_to_date(
     # The fit is printed before the pairs are judged (a useless fit shows at once), and again
     # with the judge diagnostics at the end.
     assert printed.count("\ncalibration: the judge ") == 2
-    assert printed.index("calibration: ") < printed.index("Judge diagnostics")
+    assert printed.index("calibration: ") < printed.index("Judge card")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     cal = manifest["calibration"]
     assert len(rows) == 6 and cal["pairs"] == 8 and cal["folds"] == 5
