@@ -29,9 +29,14 @@ benchmark exists for a user's own judge:
   python benchmarks/judge_quality.py -m Qwen/Qwen2.5-7B-Instruct \\
       -m meta-llama/Llama-3.1-8B-Instruct --engine vllm --limit 118 --json judge-quality.json
 
-The defaults (--limit 12 pairs per dataset, --max-new-tokens 24) fit about 10 minutes on 2 CPU
-cores. 12 pairs is the fewest for which an agreement near 50% is printed as a number at all;
-with so few, the intervals are ~50 points wide: use --limit 0 (every pair) to size a real judge.
+Defaults: --limit 12 pairs per dataset (the fewest for which an agreement near 50% is printed
+as a number at all; the intervals are then ~50 points wide: use --limit 0, every pair, to size
+a real judge) and --max-new-tokens 24. Cost: 16 label runs; a jury row judges every pair once
+per juror. Measured on 2 CPU cores shared with four other jobs (load average ~6, hf engine),
+the xstest-dev rows took 76 s (probabilities, one judge), 193 s (its jury), 237 s (cot) and
+531 s (cot's jury), so the whole default run takes about 50 minutes there (estimated from
+those rows), not the 10 aimed at: for a quick look, --methods probabilities,rating. A partial run keeps what it
+has: the progress lines on stderr, and --json rewritten after every row.
 
 Usage: python benchmarks/judge_quality.py [-m JUDGE]... [--engine hf] [--limit 12]
          [--methods probabilities,cot,generate,rating] [--max-new-tokens 24]
@@ -307,6 +312,7 @@ def main(argv=None) -> list[dict]:
                     result |= {"dataset": dataset, "method": method, "judges": name}
                     result["members"] = members
                     results.append(result)
+                    write_json(args, note, results)  # a run cut short keeps its rows
                     print(
                         f"[{time.perf_counter() - start:6.0f} s] {dataset} {method} {name}:"
                         f" {len(rows)} pairs, judging {result['judging_s']:.1f} s"
@@ -328,11 +334,15 @@ def main(argv=None) -> list[dict]:
             "note: the embedded 135M judge is at chance: every row is expected near 50% with an"
             " interval spanning it. Run this on your own judge (-m, --engine, --limit 0)."
         )
+    write_json(args, note, results)
+    return results
+
+
+def write_json(args, note: str | None, results: list[dict]) -> None:
     if args.json:
         Path(args.json).write_text(
             json.dumps({"settings": vars(args), "note": note, "results": results}, indent=1)
         )
-    return results
 
 
 if __name__ == "__main__":
