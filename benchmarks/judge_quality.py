@@ -35,8 +35,8 @@ a real judge) and --max-new-tokens 24. Cost: 16 label runs; a jury row judges ev
 per juror. Measured on 2 CPU cores shared with four other jobs (load average ~6, hf engine),
 the xstest-dev rows took 76 s (probabilities, one judge), 193 s (its jury), 237 s (cot) and
 531 s (cot's jury), so the whole default run takes about 50 minutes there (estimated from
-those rows), not the 10 aimed at: for a quick look, --methods probabilities,rating. A partial run keeps what it
-has: the progress lines on stderr, and --json rewritten after every row.
+those rows), not the 10 aimed at: for a quick look, --methods probabilities,rating. A partial
+run keeps what it has: the progress lines on stderr, and --json rewritten after every row.
 
 Usage: python benchmarks/judge_quality.py [-m JUDGE]... [--engine hf] [--limit 12]
          [--methods probabilities,cot,generate,rating] [--max-new-tokens 24]
