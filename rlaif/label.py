@@ -156,14 +156,22 @@ def _read_reference(cfg: LabelConfig) -> tuple[list, str]:
     return records, sha
 
 
+def _unjudgeable(stage: RecordStage, records: list) -> dict[str, str]:
+    """Well-formed pairs the judge cannot compare, by id, with the reason. They are skipped,
+    counted and named, not fatal: real data has them (identical replies; pairs longer than
+    the judge's context)."""
+    unjudgeable = {r.id: "identical responses" for r in records if r.identical}
+    for record_id in jury.too_long_pairs(stage, [r for r in records if not r.identical]):
+        unjudgeable[record_id] = f"longer than --max-model-len {stage.cfg.engine.max_model_len}"
+    return unjudgeable
+
+
 def _calibrate(stage: RecordStage, references: list) -> dict:
     """Judge the reference pairs as the run judges its own (same judge, engine, settings and
     seed), fit the calibration and print it, before the long run: a useless fit shows at once.
     Resumable: the judged references are saved in OUT.work/ like the labels themselves."""
     cfg = stage.cfg
-    unjudgeable = {r.id: "identical responses" for r in references if r.identical}
-    for record_id in jury.too_long_pairs(stage, [r for r in references if not r.identical]):
-        unjudgeable[record_id] = f"longer than --max-model-len {cfg.engine.max_model_len}"
+    unjudgeable = _unjudgeable(stage, references)
     kept = [r for r in references if r.id not in unjudgeable]
     if unjudgeable:
         _report_skipped(unjudgeable, len(references), None, f"--calibrate-on {cfg.calibrate_on}: ")
@@ -211,11 +219,7 @@ def run(cfg: LabelConfig) -> dict:
     ) as stage:
         if stage.up_to_date:
             return stage.up_to_date
-        # Well-formed pairs the judge cannot compare are skipped, counted and named, not fatal:
-        # real data has them (identical replies; pairs longer than the judge's context).
-        unjudgeable = {r.id: "identical responses" for r in stage.records if r.identical}
-        for record_id in jury.too_long_pairs(stage, [r for r in stage.records if not r.identical]):
-            unjudgeable[record_id] = f"longer than --max-model-len {cfg.engine.max_model_len}"
+        unjudgeable = _unjudgeable(stage, stage.records)
         records = [r for r in stage.records if r.id not in unjudgeable]
         if unjudgeable:
             _report_skipped(unjudgeable, len(stage.records), cfg.max_skipped)
