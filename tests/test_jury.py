@@ -213,7 +213,9 @@ def test_a_jury_across_engines_from_a_file(tmp_path, home_with_model, embedded_m
         pairs=str(pairs),
         output=str(tmp_path / "prefs.jsonl"),
         judge_model=[str(listing)],
-        engine=EngineSettings(engine="hf", max_model_len=2048),
+        # float32: the engines agree to 1e-5 there; bf16 scoring (auto on such CPUs) moves p
+        # by up to ~0.06 differently on each engine (benchmarks/label_dtype.py)
+        engine=EngineSettings(engine="hf", max_model_len=2048, dtype="float32"),
     )
     manifest = label.run(cfg)
     assert manifest["models"]["engine"] == "hf" and manifest["models"]["judge-2_engine"] == "vllm"
