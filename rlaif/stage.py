@@ -259,7 +259,8 @@ class RecordStage:
         """The dtype each role's model ran in, per use (e.g. judge: {"score": "bfloat16"}):
         --dtype auto resolves per machine and per use (`engines.resolved_dtype`)."""
         for key, engine in self._engines.items():
-            self._dtypes.setdefault(key, {}).update(engine.dtypes)
+            # an engine that reports no dtypes (a stand-in) records none
+            self._dtypes.setdefault(key, {}).update(getattr(engine, "dtypes", {}))
         used = {role: self._dtypes.get(self._engine_key(role)) for role in self.models}
         return {role: dtypes for role, dtypes in used.items() if dtypes}
 

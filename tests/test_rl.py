@@ -170,6 +170,9 @@ def test_ref_model_is_the_anchor_of_the_kl_leash(
         "max_steps": 1,
         "batch_size": 4 if algo != "online-dpo" else 2,
         "num_generations": 2,
+        # float32: under --dtype auto the reference is held in bf16 while the policy keeps
+        # float32 weights, so their first-step KL is bf16 rounding, not 0
+        "dtype": "float32",
     }
     own, _ = rl_run(tmp_path, "own-reference", **settings)
     other, manifest = rl_run(tmp_path, "other-reference", ref_model=str(reference), **settings)
