@@ -257,6 +257,22 @@ def _row(entry: dict, judge_id: str, cfg: JudgingSettings) -> dict:
             }
         )
     p = sum(j["p"] for j in judgements) / len(judgements)  # ensemble over principles
+    return label_row(
+        record,
+        (a, b),
+        p,
+        judgements,
+        position_consistent=all(j["consistent"] for j in judgements),
+        reference=entry["reference"],
+        method=cfg.method + ("+cot" if cfg.cot else ""),
+        judge_model=judge_id,
+    )
+
+
+def label_row(record: PairRecord, pair: tuple[str, str], p: float, judgements, **extra) -> dict:
+    """A label row in TRL's preference format: p is P(pair[0] preferred), averaged over the
+    principles' `judgements`; `extra` adds the method's own fields."""
+    a, b = pair
     first_wins = p >= 0.5
     chosen, rejected = (a, b) if first_wins else (b, a)
     row = {
@@ -268,12 +284,9 @@ def _row(entry: dict, judge_id: str, cfg: JudgingSettings) -> dict:
         "responses": [a, b],
         "p": p,
         "judgements": judgements,
-        "position_consistent": all(j["consistent"] for j in judgements),
         "principle_ids": [j["principle_id"] for j in judgements],
-        "reference": entry["reference"],
         "source": record.source,
-        "method": cfg.method + ("+cot" if cfg.cot else ""),
-        "judge_model": judge_id,
+        **extra,
     }
     # The input's own fields (groups such as XSTest's `type`) never replace a label field.
     return row | {k: v for k, v in record.fields.items() if k not in row}
@@ -332,26 +345,16 @@ def rating_row(
     p = sum(j["p"] for j in judgements) / len(judgements)
     reference = record.reference
     mapped = {first: 0, second: 1}.get(reference) if reference is not None else None
-    first_wins = p >= 0.5
-    a, b = texts[first], texts[second]
-    chosen, rejected = (a, b) if first_wins else (b, a)
-    row = {
-        "id": record.id,
-        "prompt": record.prompt,
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "p_chosen": p if first_wins else 1.0 - p,
-        "responses": [a, b],
-        "p": p,
-        "judgements": judgements,
-        "position_consistent": None,
-        "principle_ids": list(by_principle),
-        "reference": mapped,
-        "source": record.source,
-        "method": "rating",
-        "judge_model": judge_id,
+    return label_row(
+        record,
+        (texts[first], texts[second]),
+        p,
+        judgements,
+        position_consistent=None,
+        reference=mapped,
+        method="rating",
+        judge_model=judge_id,
         # every input response's score (input order) and which two the pair holds
-        "scores": scores,
-        "picked": [first, second],
-    }
-    return row | {k: v for k, v in record.fields.items() if k not in row}
+        scores=scores,
+        picked=[first, second],
+    )
