@@ -86,12 +86,12 @@ def run_rlaif(stage: str, variant: str, steps: int, work: Path, data: dict) -> d
 
 
 def _without_memory_measures() -> None:
-    """rlaif before this change: TRL's own log-prob tiles, no malloc trim."""
+    """rlaif before this change: TRL's own CPU fused LM head, no malloc trim."""
     from transformers import TrainerCallback
 
     import rlaif.training as training
 
-    training.bound_logprob_tiles = lambda *a: None
+    training.fit_fused_lm_head_to_cpu = lambda *a: None
     training.return_freed_memory_to_os = TrainerCallback
 
 
@@ -170,7 +170,10 @@ def run_plain_trl(stage: str, steps: int, work: Path, data: dict) -> dict:
         import toy_rewards
         from trl import GRPOConfig, GRPOTrainer
 
-        ds = load_dataset("json", data_files=str(PROMPTS), split="train")
+        # the same chat-formatted prompts rlaif gives its trainer (it reads text as one user turn)
+        ds = load_dataset("json", data_files=str(PROMPTS), split="train").map(
+            lambda row: {"prompt": [{"role": "user", "content": row["prompt"]}]}
+        )
         tokenizer.padding_side = "left"
         trainer = GRPOTrainer(
             model=model, reward_funcs=[toy_rewards.brevity], train_dataset=ds,

@@ -25,6 +25,7 @@ from typing import Any
 
 from rlaif.errors import UserError
 from rlaif.files import write_json, write_jsonl
+from rlaif.fused_lm_head import fit_fused_lm_head_to_cpu
 from rlaif.manifest import build_manifest
 from rlaif.models import EMBEDDED_ALIAS, ResolvedModel
 from rlaif.options import option
@@ -67,8 +68,8 @@ class TrainingSettings:
     gradient_checkpointing: bool = option(
         True, help="Recompute activations in the backward pass: far less memory, slower steps."
     )
-    # auto: 1.4-2.1x the float32 step rate on this AVX-512 BF16 CPU, losses within ~1%
-    # (benchmarks/training_step_times.py)
+    # auto: with the defaults, 1.9-2.8x the float32 step rate on this AVX-512 BF16 CPU, losses
+    # within ~1% (benchmarks/training_step_times.py)
     dtype: str = option(
         "auto",
         help="Training precision: auto (bfloat16 where the CPU or GPU has bf16 arithmetic, else"
@@ -134,47 +135,23 @@ def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
-# TRL 1.16's fused LM head (`add_fused_lm_head`, used by its SFT, DPO, GRPO and RLOO trainers)
-# scores the label tokens tile by tile instead of materialising (tokens, vocabulary) logits.
-# Without Triton (CPU) each tile is folded by ~8 whole-tile torch ops, each a fresh float32 copy of
-# a tile of up to 4,096 tokens x 32,768 vocabulary entries (512 MiB): at batch 4 x 384 that was
-# 1.3 GiB in the forward pass and 2.8 GiB in the backward (measured). Tiles of 1,024 x 8,192
-# (32 MiB) keep the same arithmetic (online log-sum-exp over vocabulary chunks) within ~0.1 GiB.
-CPU_LOGPROB_TILE = (1024, 8192)  # (tokens, vocabulary entries)
-
-
-def bound_logprob_tiles(tile: tuple[int, int] = CPU_LOGPROB_TILE) -> None:
-    """Smaller tiles for TRL's fused LM head where it runs without Triton.
-
-    TRL 1.16 internals touched: the module constants `trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE`
-    and `trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE`, read at each call (no public option sets
-    the tile size)."""
-    import torch
-    import trl.kernels.chunked_logprob as kernel
-    import trl.trainer.utils as trl_utils
-
-    if kernel._use_triton(torch.device("cuda" if torch.cuda.is_available() else "cpu")):
-        return  # the Triton kernel folds a tile without copies of it
-    kernel.TOKEN_CHUNK_SIZE, trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = tile
-
-
 def return_freed_memory_to_os():
     """A TrainerCallback that hands memory freed in a step back to the OS (glibc `malloc_trim`).
 
     glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), so after a
     few steps most activation tensors live in the heap, whose freed pages it keeps: the resident
-    size climbed step after step without any live tensor behind it. A fixed threshold (the
-    default's 128 KiB, made fixed) and a trim after each step return them."""
+    size sat at the high-water mark of the longest batch for the rest of the run. A trim after
+    each step returns them (train-rm, batch 2 x 1,024, no checkpointing: 4.1 GiB resident between
+    steps without it, 2.1 GiB with it). Fixing the threshold low as well would return blocks
+    within a step too (peak 4.5 GiB instead of 5.1), but then every large tensor is page-faulted
+    into being afresh: steps were 1.5-2x slower (measured), so the threshold is left to glibc."""
     import ctypes
     import ctypes.util
 
     from transformers import TrainerCallback
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-        M_MMAP_THRESHOLD = -3
-        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
         trim = None  # not glibc (macOS, musl): nothing to do
 
@@ -379,7 +356,7 @@ def run_training(
     if done is not None:
         return done
     run = CheckpointRun.open(cfg.output_dir, fingerprint, cfg.force)
-    bound_logprob_tiles()
+    fit_fused_lm_head_to_cpu()
     try:
         trainer = build_trainer(
             trainer_args(trl_config, cfg, run.work, **trl_args), lora_config(cfg, lora_task)
