@@ -101,11 +101,13 @@ def split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], lis
     return train, [r for i, r in enumerate(rows) if i in eval_ids]
 
 
-def load_reward_model(path: str, trust_remote_code: bool = False):
+def load_reward_model(path: str, trust_remote_code: bool = False, seed: int = 0):
     """A causal LM with a one-output score head, and a tokenizer whose pad token is not EOS.
 
     Sequence classification pools the rightmost non-pad token; with pad = EOS (SmolLM2) the
-    end-of-turn tokens would count as padding, so a distinct pad token is chosen.
+    end-of-turn tokens would count as padding, so a distinct pad token is chosen. The new score
+    head (and a new pad token's embedding) are drawn from `seed`: unseeded, two runs of the same
+    command trained from different heads.
     """
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -116,11 +118,13 @@ def load_reward_model(path: str, trust_remote_code: bool = False):
             tokenizer.pad_token = tokenizer.unk_token
         else:
             tokenizer.add_special_tokens({"pad_token": "<|rlaif_pad|>"})
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code
-    )
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
@@ -159,7 +163,7 @@ def run(cfg: TrainRMConfig) -> dict:
 
     from trl import RewardConfig
 
-    model, tokenizer = load_reward_model(resolved.path, cfg.trust_remote_code)
+    model, tokenizer = load_reward_model(resolved.path, cfg.trust_remote_code, cfg.seed)
     train_lengths = pair_lengths(train_rows, tokenizer)
     eval_lengths = pair_lengths(eval_rows, tokenizer)
     # TRL drops pairs longer than max_length rather than truncating them; count them.

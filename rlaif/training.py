@@ -357,6 +357,11 @@ def run_training(
         return done
     run = CheckpointRun.open(cfg.output_dir, fingerprint, cfg.force)
     fit_fused_lm_head_to_cpu()
+    from transformers import set_seed
+
+    # TRL's trainers wrap the model in LoRA adapters (random A matrices) before the Trainer
+    # seeds itself: seeded here, the same command starts from the same adapters.
+    set_seed(cfg.seed)
     try:
         trainer = build_trainer(
             trainer_args(trl_config, cfg, run.work, **trl_args), lora_config(cfg, lora_task)
