@@ -3,9 +3,10 @@
 TRL 1.16's SFT, DPO, GRPO and RLOO trainers score label tokens with `add_fused_lm_head`: the
 (tokens, vocabulary) logits are folded tile by tile into log-probs (and entropy, top-1), never
 materialised. On GPUs a Triton kernel does the folding. On CPUs TRL folds each tile with whole-
-tile torch ops, and there that path was the slowest part of a training step: 2.7 s for the
-forward and backward of 1,536 tokens with bf16 autocast, where full logits take 0.85 s
-(benchmarks/lm_head_cpu.py). Four changes, all to TRL 1.16 internals that no option reaches:
+tile torch ops, and there that path was the slowest part of a training step: 2.3-3.0 s for the
+forward and backward of 1,536 tokens with bf16 autocast, where full logits take 0.84 s and
+rlaif's path 0.74 s (benchmarks/lm_head_cpu.py). Four changes, all to TRL 1.16 internals that
+no option reaches:
 
 1. Tiles of 1,024 tokens x 8,192 vocabulary entries (`TOKEN_CHUNK_SIZE`,
    `_CHUNKED_LOGPROB_CHUNK_SIZE`): every whole-tile op makes a float32 copy of its tile, which at

@@ -68,7 +68,7 @@ class TrainingSettings:
     gradient_checkpointing: bool = option(
         True, help="Recompute activations in the backward pass: far less memory, slower steps."
     )
-    # auto: with the defaults, 1.9-2.8x the float32 step rate on this AVX-512 BF16 CPU, losses
+    # auto: with the defaults, 1.6-3.1x the float32 step rate on this AVX-512 BF16 CPU, losses
     # within ~1% (benchmarks/training_step_times.py)
     dtype: str = option(
         "auto",
@@ -168,11 +168,11 @@ def return_freed_memory_to_os():
         trim = None  # not glibc (macOS, musl): nothing to do
 
     class ReturnFreedMemory(TrainerCallback):
-        def trim(self, args, state, control, **kwargs):
+        def release(self, args, state, control, **kwargs):
             if trim is not None:
                 trim(0)
 
-        on_train_begin = on_substep_end = on_step_end = trim
+        on_train_begin = on_substep_end = on_step_end = release
 
     return ReturnFreedMemory()
 
