@@ -1,7 +1,8 @@
 """Seconds per optimiser step and peak memory of each training stage, side by side in one run:
-rlaif as it was (float32, no gradient checkpointing, TRL's 512 MiB log-prob tiles, no trim),
-rlaif in bf16 without checkpointing, rlaif with its defaults (--dtype auto, checkpointing, small
-tiles, freed memory returned), and a plain TRL script with TRL's own defaults on the same data.
+rlaif as it was (float32, no gradient checkpointing, TRL's own CPU fused LM head, no memory
+returned), rlaif in bf16 without checkpointing, rlaif with its defaults (--dtype auto,
+checkpointing, rlaif's CPU LM head of rlaif/fused_lm_head.py, freed memory returned), and a plain
+TRL script with TRL's own defaults on the same data.
 
     .venv/bin/python benchmarks/training_step_times.py [--steps 4] [--stages sft,dpo,train-rm,grpo]
     .venv/bin/python benchmarks/training_step_times.py --defaults [--steps 4]
