@@ -20,6 +20,7 @@ from rlaif import (
     judge_card,
     label,
     merge,
+    refusals,
     rl,
     sample,
     score,
@@ -89,6 +90,7 @@ stage_command(eval_app, "rm", score.EvalRMConfig, score.evaluate_rm)
 stage_command(eval_app, "winrate", winrate.WinrateConfig, winrate.run)
 stage_command(eval_app, "agreement", judge_card.EvalAgreementConfig, judge_card.evaluate_agreement)
 stage_command(eval_app, "judge", judge_card.EvalJudgeConfig, judge_card.evaluate_judge)
+stage_command(eval_app, "refusals", refusals.RefusalsConfig, refusals.run)
 
 
 @app.command()

@@ -5,8 +5,10 @@ the current answer against a principle sampled for that round and rewrites it. A
 chunk go through each step together, so the engine always sees full batches.
 
 Departure from Constitutional AI: the paper prompts a pretrained model with a few-shot text
-transcript; we use the chat template of an instruction-tuned judge, with the critique and revision
-requests as user turns (few-shot examples, when the constitution has them, as earlier turns).
+transcript; we use the chat template of an instruction-tuned judge, with the critique and the
+revision request each as one user turn quoting the conversation, and the constitution's worked
+examples fenced off as illustrations (`rlaif.prompts`). A revision that is empty or repeats a
+worked example's words is not taken: the previous answer stays, and the step says why.
 """
 
 from __future__ import annotations
@@ -125,18 +127,22 @@ def revise_chunk(
         tokens.add_completions("judge", revisions)
         advance(len(chunk))
         for i, (p, c, rev) in enumerate(zip(chosen, critiques, revisions, strict=True)):
-            # An empty revision would erase the answer; keep the previous one and say so.
+            revision = prompts.clean_revision(rev.text)
+            # An empty revision would erase the answer, and one that repeats the constitution's
+            # worked example answers another conversation: keep the previous answer, say so.
+            copied = prompts.copies_example(revision, examples)
             steps[i].append(
                 {
                     "round": round_,
                     "principle_id": p.id,
                     "critique": c.text,
-                    "revision": rev.text,
-                    "empty_revision": not rev.text,
+                    "revision": revision,
+                    "empty_revision": not revision,
+                    "copied_example": copied,
                 }
             )
-            if rev.text:
-                current[i] = rev.text
+            if revision and not copied:
+                current[i] = revision
     return [
         _output_row(r, init.text, final, record_steps, policy.model_id, judge.model_id)
         for r, init, final, record_steps in zip(chunk, initial, current, steps, strict=True)
@@ -181,14 +187,16 @@ def run(cfg: GenerateConfig) -> dict:
             )
 
         result = stage.run_chunks(stage.records, process, steps_per_record=1 + 2 * cfg.rounds)
-        empty = sum(s["empty_revision"] for row in result.rows for s in row["revisions"])
+        steps = [s for row in result.rows for s in row["revisions"]]
         return stage.publish(
             result.rows,
             counts={
                 "records": len(result.rows),
                 "resumed": result.resumed,
                 "generated": len(result.rows) - result.resumed,
-                "empty_revisions": empty,
+                "empty_revisions": sum(s["empty_revision"] for s in steps),
+                # .get: rows resumed from a run before this check have no such field
+                "copied_examples": sum(s.get("copied_example", False) for s in steps),
             },
             input_lines=[r.line for r in stage.records],
         )

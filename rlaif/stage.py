@@ -334,3 +334,37 @@ def work_dir(output: str) -> Path:
     """`OUT.work/`: a stage's intermediate files (e.g. eval winrate's answers), kept until the
     run finishes so a rerun resumes."""
     return Path(output).with_name(Path(output).name + ".work")
+
+
+# The engine options of a stage that runs several models here, one after the other (eval
+# winrate, eval refusals): one server answers with one model, so --engine openai is not offered.
+LOCAL_ENGINE_OPTIONS = (
+    "engine",
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "batch_size",
+    "trust_remote_code",
+    "dtype",
+)
+
+
+def answer_records(stage: RecordStage, role: str, sampling, salt: str) -> list[str]:
+    """Each record's answer from `role`'s model, resumable in OUT.work/ROLE.jsonl; seeds come
+    from the record id and `salt`, so every model answers a prompt with the same seed."""
+    from rlaif.seeds import derived_seed
+
+    def process(chunk, advance):
+        seeds = [derived_seed(stage.cfg.seed, salt, r.id) for r in chunk]
+        # The models answer one after the other, so each may take the whole accelerator.
+        outs = stage.engine(role, share=1.0).generate([r.messages for r in chunk], sampling, seeds)
+        stage.tokens.add_completions(role, outs)
+        advance(len(chunk))
+        return [{"id": r.id, "text": o.text} for r, o in zip(chunk, outs, strict=True)]
+
+    output = str(work_dir(stage.cfg.output) / f"{role}.jsonl")
+    result = stage.run_chunks(
+        stage.records, process, output=output, description=f"answer ({role})", phase=role
+    )
+    stage.close_engines()
+    return [row["text"] for row in result.rows]

@@ -34,19 +34,15 @@ from rlaif.models import EMBEDDED_ALIAS
 from rlaif.options import group, option, output_option
 from rlaif.pairs import PairRecord
 from rlaif.records import parse_prompt_records
-from rlaif.seeds import derived_seed
-from rlaif.stage import RecordSettings, RecordStage, work_dir
+from rlaif.stage import (
+    LOCAL_ENGINE_OPTIONS,
+    RecordSettings,
+    RecordStage,
+    answer_records,
+    work_dir,
+)
 
 OUTCOMES = ("win", "tie", "loss")
-LOCAL_ENGINE_OPTIONS = (
-    "engine",
-    "tensor_parallel_size",
-    "gpu_memory_utilization",
-    "max_model_len",
-    "batch_size",
-    "trust_remote_code",
-    "dtype",
-)
 
 
 @dataclass(kw_only=True)
@@ -205,28 +201,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _answer(stage: RecordStage, role: str) -> list[str]:
-    """Each prompt's answer from one model, resumable in OUT.work/; the same seed per prompt
-    for both models."""
-    cfg = stage.cfg
-    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-
-    def process(chunk, advance):
-        seeds = [derived_seed(cfg.seed, "winrate", r.id) for r in chunk]
-        # The models answer one after the other, so each may take the whole accelerator.
-        outs = stage.engine(role, share=1.0).generate([r.messages for r in chunk], sampling, seeds)
-        stage.tokens.add_completions(role, outs)
-        advance(len(chunk))
-        return [{"id": r.id, "text": o.text} for r, o in zip(chunk, outs, strict=True)]
-
-    output = str(work_dir(cfg.output) / f"{role}.jsonl")
-    result = stage.run_chunks(
-        stage.records, process, output=output, description=f"answer ({role})", phase=role
-    )
-    stage.close_engines()
-    return [row["text"] for row in result.rows]
-
-
 def _judge(stage: RecordStage, pairs: list[PairRecord]) -> dict[str, dict]:
     cfg = stage.cfg
 
@@ -263,7 +237,11 @@ def run(cfg: WinrateConfig) -> dict:
         if stage.up_to_date:
             return stage.up_to_date
         records = stage.records
-        answers = {role: _answer(stage, role) for role in ("policy", "baseline")}
+        sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+        answers = {
+            role: answer_records(stage, role, sampling, "winrate")
+            for role in ("policy", "baseline")
+        }
         pairs = [
             PairRecord(r.id, r.messages, (a, b), None, "winrate", r.line)
             for r, a, b in zip(records, answers["policy"], answers["baseline"], strict=True)

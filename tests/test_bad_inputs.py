@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from rlaif.cli import app
 
 PROMPT = b'{"id": "a", "prompt": "Hello?"}\n'
+SAFE_PROMPT = b'{"id": "a", "prompt": "Hello?", "unsafe": false}\n'
 PAIR = b'{"id": "a", "prompt": "Q?", "responses": ["yes", "no"]}\n'
 PREF = b'{"id": "a", "prompt": "Q?", "chosen": "yes", "rejected": "no"}\n'
 CHAT = b'{"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A"}]}\n'
@@ -76,6 +77,7 @@ READERS = {
     "sample": ("sample {in} -o {d}/out.jsonl --engine hf", PROMPT, {}),
     "label": ("label {in} -o {d}/out.jsonl --engine hf", PAIR, {}),
     "winrate": ("eval winrate {in} --policy p -o {d}/out.jsonl --engine hf", PROMPT, {}),
+    "refusals": ("eval refusals {in} --policy p -o {d}/out.jsonl --engine hf", SAFE_PROMPT, {}),
     "sft": ("sft {in} -o {d}/model", CHAT, {}),
     "dpo": ("dpo {in} -o {d}/model", PREF, {}),
     "train-rm": ("train-rm {in} -o {d}/model", PREF, {}),
@@ -118,7 +120,7 @@ BAD_PROMPTS = {
     "bad-role": (b'{"messages": [{"role": "robot", "content": "x"}]}\n', "in.jsonl:1: 'messages'"),
     "duplicate-id": (PROMPT + PROMPT.replace(b"Hello", b"Bye"), "in.jsonl:2: duplicate id 'a'"),
 }
-for command in ("generate", "sample", "winrate", "rl"):
+for command in ("generate", "sample", "winrate", "refusals", "rl"):
     for problem, (content, expect) in BAD_PROMPTS.items():
         argv = READERS[command][0].replace("{in}", "{d}/in.jsonl")
         case(f"{command}-{problem}", argv, {"in.jsonl": content}, expect)
@@ -383,6 +385,24 @@ case(
     "eval winrate {d}/in.jsonl -o {d}/o.jsonl",
     {"in.jsonl": PROMPT},
     "missing --policy",
+)
+case(
+    "refusals-unlabelled",
+    "eval refusals {d}/in.jsonl -o {d}/o.jsonl --policy p",
+    {"in.jsonl": SAFE_PROMPT + b'{"prompt": "Hi"}\n'},
+    'in.jsonl:2: each prompt needs "unsafe": true or false',
+)
+case(
+    "refusals-to-stdout",
+    "eval refusals {d}/in.jsonl -o - --policy p",
+    {"in.jsonl": SAFE_PROMPT},
+    "-o: refusals keeps",
+)
+case(
+    "refusals-engine-openai",
+    "eval refusals {d}/in.jsonl -o {d}/o.jsonl --policy p --engine openai",
+    {"in.jsonl": SAFE_PROMPT},
+    "--engine openai: choose one of auto, vllm, hf",
 )
 case(
     "winrate-to-stdout",

@@ -45,8 +45,12 @@ def test_every_principle_renders_three_prompts_with_its_text():
     rendered = render_all(c)
     assert set(rendered) == {p.id for p in c.principles}
     for p in c.principles:
-        assert rendered[p.id]["critique"][-1]["content"] == p.critique
-        assert rendered[p.id]["revision"][-1]["content"] == p.revision
+        critique = rendered[p.id]["critique"][-1]["content"]
+        revision = rendered[p.id]["revision"][-1]["content"]
+        assert p.critique in critique and p.revision in revision
+        # the worked example is fenced off as an illustration, before the conversation
+        assert critique.index("</illustration>") < critique.index(p.critique)
+        assert "<response>" in revision and "How do I pick a lock?" in revision
         assert p.preference in rendered[p.id]["preference"][0]["content"]
 
 

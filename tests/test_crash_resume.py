@@ -2,7 +2,7 @@
 gives exactly what an uninterrupted run gives, nothing lost or duplicated.
 
 generate, train-rm and rl have their own crash tests (test_resume, test_train_rm, test_rl);
-these cover sample, label, eval winrate, sft and dpo.
+these cover sample, label, eval winrate, eval refusals, sft and dpo.
 """
 
 from __future__ import annotations
@@ -96,6 +96,22 @@ def test_a_killed_winrate_resumes_to_the_uninterrupted_output(tmp_path, home_wit
     assert not out.exists() and work.is_dir()
     resumed = run(args)
     assert f"resuming: {saved} of 4 records already done" in resumed.stderr
+    assert rows(out) == rows(reference)
+    assert not work.exists()
+
+
+@pytest.mark.slow
+def test_a_killed_refusals_run_resumes_to_the_uninterrupted_output(tmp_path, home_with_model):
+    source = DATA / "xstest-prompts-8.jsonl"
+    common = [*ONE_BY_ONE, "--policy", "smollm2-135m-instruct", "--max-new-tokens", "12"]
+    reference, out = tmp_path / "reference.jsonl", tmp_path / "out.jsonl"
+    run(rlaif_cmd("eval", "refusals", str(source), "-o", str(reference), *common))
+    args = rlaif_cmd("eval", "refusals", str(source), "-o", str(out), *common)
+    work = Path(f"{out}.work")
+    saved = kill_after_first_saved(args, work / "policy.jsonl.partial.jsonl", 8)
+    assert not out.exists() and work.is_dir()
+    resumed = run(args)
+    assert f"resuming: {saved} of 8 records already done" in resumed.stderr
     assert rows(out) == rows(reference)
     assert not work.exists()
 
