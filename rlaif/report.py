@@ -152,13 +152,26 @@ def _training_block(folder: Path, manifest: dict, title: str) -> str:
         ["steps", manifest.get("counts", {}).get("steps")],
         ["final train loss", _fmt(metrics.get("train_loss"))],
         ["wall time (s)", manifest.get("wall_time_s")],
-        ["starting model", manifest.get("models", {}).get("base", {}).get("spec")],
+        *_model_rows(manifest.get("models", {})),
     ]
     return (
         f"<h3>{_e(title)}: {_e(folder.name)}</h3>"
         + _table(["", ""], rows)
         + _image(folder / "curves.png", f"{title} curves")
     )
+
+
+def _model_rows(models: dict) -> list[list]:
+    """The starting model and any other (dpo's and rl's reference) by role. The roles differ by
+    stage (sft, dpo, train-rm: "base"; rl: "policy"), but `training.run_training` always lists
+    the model it trains first, so the first role is the starting model whatever its name."""
+    described = [(role, m) for role, m in models.items() if isinstance(m, dict)]
+    if not described:
+        return [["starting model", "n/a"]]
+    (_, start), *others = described
+    return [["starting model", start.get("spec")]] + [
+        [f"{role} model", m.get("spec")] for role, m in others
+    ]
 
 
 def _fmt(x, spec: str = ".4f") -> str:

@@ -10,6 +10,7 @@ import html
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from conftest import rlaif_cmd
 
 from rlaif.diagnostics import CARD_KIND, judge_diagnostics
 from rlaif.files import write_json, write_jsonl
+from rlaif.manifest import build_manifest
+from rlaif.models import ResolvedModel
 from rlaif.plots import plot_curves, plot_reliability
 from rlaif.report import discover, render, summary
 from rlaif.score import rm_report
@@ -142,6 +145,44 @@ def test_a_figure_from_two_pairs_is_too_few(tmp_path):
         {"stage": "train-rm", "counts": {"eval": 2}, "metrics": {"eval": {"eval_accuracy": 0.0}}},
     )
     assert summary(discover(root)) == "reward model (rm): held-out accuracy too few pairs (0/2)"
+
+
+# The models each training stage records, by role, first the one it trains (sft.py, dpo.py,
+# train_rm.py and rl.py, each in its call to `run_training`).
+STAGE_MODELS = {
+    "sft": {"base": "smollm2-135m-instruct"},
+    "dpo": {"base": "run/sft", "reference": "run/sft-ref"},
+    "train-rm": {"base": "smollm2-135m-instruct"},
+    "rl": {"policy": "run/sft", "reference": "run/sft-ref"},
+}
+
+
+@pytest.mark.parametrize("stage", list(STAGE_MODELS))
+def test_each_training_stage_names_its_starting_model(tmp_path, stage):
+    root = tmp_path / "run"
+    (root / "out").mkdir(parents=True)
+    models = {
+        role: ResolvedModel(spec, f"/models/{spec}", "folder").describe()
+        for role, spec in STAGE_MODELS[stage].items()
+    }
+    manifest = build_manifest(
+        stage,
+        {"max_steps": 2},
+        inputs={},
+        models=models,
+        constitution=None,
+        counts={"steps": 2},
+        tokens={},
+        started=time.time(),
+        extra={"metrics": {"train_loss": 0.5}},
+    )
+    write_json(root / "out" / "manifest.json", manifest)
+    page = render(discover(root))
+    (start_role, start), *others = STAGE_MODELS[stage].items()
+    assert f"<tr><td>starting model</td><td>{start}</td></tr>" in page
+    for role, spec in others:
+        assert f"<tr><td>{role} model</td><td>{spec}</td></tr>" in page
+    assert "<td>None</td>" not in page
 
 
 def test_judge_cards_written_by_eval_are_reported(tmp_path):
