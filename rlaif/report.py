@@ -312,12 +312,14 @@ def examples_section(run: Run, shown: int = EXAMPLES_SHOWN) -> str:
     return _section("examples", "Examples: critiques and revisions", body)
 
 
+# A judge card's WARNING lines run past the page (200+ characters); `pre` wraps them, as a
+# reader must see them whole, not behind a horizontal scroll bar.
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem; }
 table { border-collapse: collapse; margin: 0.5rem 0; }
 td, th { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
 img { max-width: 100%; display: block; margin: 0.5rem 0; }
-pre { background: #f6f6f6; padding: 0.5rem; overflow-x: auto; }
+pre { background: #f6f6f6; padding: 0.5rem; white-space: pre-wrap; overflow-wrap: anywhere; }
 .warning { color: #a40; } .missing { color: #777; }
 .example { border-left: 3px solid #ccc; padding-left: 1rem; margin: 1rem 0; }
 """

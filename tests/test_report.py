@@ -213,8 +213,15 @@ window.addEventListener('load', () => {
   document.body.dataset.decoded = images.filter(i => i.complete && i.naturalWidth > 0).length;
   document.body.dataset.sections = [...document.querySelectorAll('section')]
     .filter(s => s.getBoundingClientRect().height > 0).map(s => s.id).join(',');
+  // Nothing wider than its box (a judge card's WARNING lines), nor than the window.
+  document.body.dataset.overflowing = [...document.querySelectorAll('pre, table, img, section')]
+    .filter(e => e.scrollWidth > e.clientWidth).length;
+  document.body.dataset.pagewidth = document.documentElement.scrollWidth;
 });
 </script>"""
+
+
+WINDOW_WIDTH = 1280  # a laptop's browser window
 
 
 def test_report_renders_in_headless_chromium(tmp_path):
@@ -222,6 +229,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     if chromium is None:
         pytest.fail("chromium is not installed (.ci/run installs Debian's package)")
     run = make_run(tmp_path / "run")
+    # A card on 20 pairs, whose WARNING line (over 200 characters) is wider than the page
+    card = {"kind": CARD_KIND, "source": "ref.jsonl", **judge_diagnostics(label_rows() * 5)}
+    assert max(len(w) for w in card["warnings"]) >= 200
+    write_json(run / "judge-card.json", card)
     subprocess.run(
         rlaif_cmd("report", str(run), "-o", str(tmp_path / "report.html")), check=True, timeout=120
     )
@@ -237,6 +248,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
             "--disable-gpu",
             f"--user-data-dir={tmp_path / 'profile'}",
             "--virtual-time-budget=5000",
+            f"--window-size={WINDOW_WIDTH},2000",
             "--dump-dom",
             probed.as_uri(),
         ],
@@ -249,6 +261,8 @@ def test_report_renders_in_headless_chromium(tmp_path):
     attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', body))
     assert attributes["images"] == "3" and attributes["decoded"] == "3"
     assert attributes["sections"].split(",") == list(SECTIONS)
+    assert attributes["overflowing"] == "0"
+    assert int(attributes["pagewidth"]) <= WINDOW_WIDTH
 
 
 def test_the_calibration_behind_labels_is_shown_with_their_card(tmp_path):
