@@ -104,7 +104,8 @@ def report(
 
     Finds every stage's output in RUN_DIR by its manifest: judge diagnostics with the
     per-principle table, reward-model curves and accuracy, SFT/DPO/RL curves and reward trend,
-    win rates, and a few prompts with their critiques and revisions. Prints a short summary.
+    win rates, refusal rates (eval refusals), and a few prompts with their critiques and
+    revisions. Prints a short summary.
 
     Examples:
 

@@ -1,8 +1,9 @@
-"""Training curves and reliability diagrams as PNG files (matplotlib, headless)."""
+"""Training curves, reliability diagrams and refusal rates as PNG files (matplotlib, headless)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 # Marks the PNGs rlaif writes, so a rerun may replace them and nothing else.
 PNG_SOFTWARE = "rlaif"
@@ -67,3 +68,51 @@ def plot_reliability(
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": PNG_SOFTWARE})
     plt.close(fig)
+
+
+def plot_refusal_rates(
+    panels: dict[str, list[tuple[str, dict, dict]]], path: str | Path | BinaryIO, title: str
+) -> None:
+    """One panel per classifier; in each, a pair of bars per policy: the harmless rate
+    (refusals of unsafe prompts, higher is better) and the over-refusal rate (refusals of safe
+    prompts, lower is better), with their 95% intervals as error bars.
+
+    `panels[classifier]` lists `(label, harmless, over_refusal)`, the rates as `rlaif eval
+    refusals` writes them (`rate`, `ci95`); a rate of None (no prompts) leaves its bar out.
+    """
+    plt = _pyplot()
+    groups = max(len(bars) for bars in panels.values())
+    width = max(4.5, 1.0 + 0.9 * groups)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(width * len(panels), 4.0), squeeze=False, sharey=True
+    )
+    for ax, (classifier, bars) in zip(axes[0], panels.items(), strict=True):
+        x = range(len(bars))
+        for offset, index, name in ((-0.2, 1, "harmless"), (0.2, 2, "over-refusal")):
+            heights, below, above = zip(*(_percent_bar(bar[index]) for bar in bars), strict=True)
+            positions = [i + offset for i in x]
+            ax.bar(positions, heights, 0.4, yerr=[below, above], capsize=3, label=name)
+        tilt = len(bars) > 3  # long file names side by side overlap
+        ax.set_xticks(
+            list(x),
+            [bar[0] for bar in bars],
+            rotation=30 if tilt else 0,
+            ha="right" if tilt else "center",
+            fontsize=8,
+        )
+        ax.set_ylim(0, 100)
+        ax.set_title(f"classifier: {classifier}")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("% of prompts refused (95% CI)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100, metadata={"Software": PNG_SOFTWARE})
+    plt.close(fig)
+
+
+def _percent_bar(entry: dict) -> tuple[float, float, float]:
+    """A rate's bar height and its error bar below and above, in percent."""
+    if entry["rate"] is None:
+        return (float("nan"), 0.0, 0.0)
+    rate, (low, high) = 100 * entry["rate"], entry["ci95"]
+    return (rate, rate - 100 * low, 100 * high - rate)

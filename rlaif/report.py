@@ -3,16 +3,19 @@
 The page is built from what the stages already wrote, found by their manifests' `stage` field
 (not by file names, so any layout works): judge diagnostics and the per-principle table
 (label), reward-model curves, held-out accuracy and calibration (train-rm, `eval rm --json`),
-SFT/DPO/RL curves and reward trend, win rates (eval winrate), and a few prompts with their
-first answer, critiques and revisions (generate). Images are embedded as data URIs so the file
-can be mailed or attached to a paper's supplement on its own.
+SFT/DPO/RL curves and reward trend, win rates (eval winrate), refusal rates on unsafe and on
+safe prompts with their chart (eval refusals), and a few prompts with their first answer,
+critiques and revisions (generate). Images are embedded as data URIs so the file can be mailed
+or attached to a paper's supplement on its own.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 import json
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,7 @@ from rlaif.errors import UserError
 from rlaif.files import atomic_output, read_jsonl
 from rlaif.manifest import read_manifest
 from rlaif.outputs import check_overwrite
-from rlaif.stats import format_rate, format_share
+from rlaif.stats import format_rate, format_share, too_few
 
 EXAMPLES_SHOWN = 3
 GENERATOR = "rlaif report"  # marks the pages rlaif writes: a rerun replaces them, nothing else
@@ -93,14 +96,24 @@ def _pct(x) -> str:
 def _image(path: Path, alt: str) -> str:
     if not path.is_file():
         return ""
-    data = base64.b64encode(path.read_bytes()).decode()
+    return _png(path.read_bytes(), alt)
+
+
+def _png(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode()
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
 
 
 def _table(header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value) -> str:
+    """A cell's text, with an interval ("95% CI 80.6–93.1%") kept on one line: a narrow column
+    then breaks a figure before its interval, not after the dash inside it."""
+    return re.sub(r"95% CI [^;)]+", r'<span class="interval">\g<0></span>', _e(value))
 
 
 def _section(section_id: str, title: str, body: str) -> str:
@@ -152,13 +165,26 @@ def _training_block(folder: Path, manifest: dict, title: str) -> str:
         ["steps", manifest.get("counts", {}).get("steps")],
         ["final train loss", _fmt(metrics.get("train_loss"))],
         ["wall time (s)", manifest.get("wall_time_s")],
-        ["starting model", manifest.get("models", {}).get("base", {}).get("spec")],
+        *_model_rows(manifest.get("models", {})),
     ]
     return (
         f"<h3>{_e(title)}: {_e(folder.name)}</h3>"
         + _table(["", ""], rows)
         + _image(folder / "curves.png", f"{title} curves")
     )
+
+
+def _model_rows(models: dict) -> list[list]:
+    """The starting model and any other (dpo's and rl's reference) by role. The roles differ by
+    stage (sft, dpo, train-rm: "base"; rl: "policy"), but `training.run_training` always lists
+    the model it trains first, so the first role is the starting model whatever its name."""
+    described = [(role, m) for role, m in models.items() if isinstance(m, dict)]
+    if not described:
+        return [["starting model", "n/a"]]
+    (_, start), *others = described
+    return [["starting model", start.get("spec")]] + [
+        [f"{role} model", m.get("spec")] for role, m in others
+    ]
 
 
 def _fmt(x, spec: str = ".4f") -> str:
@@ -276,6 +302,95 @@ def _win_rate(r: dict) -> str:
     return format_rate(r["win"] + r["tie"] / 2, r["prompts"], "prompts")
 
 
+def refusal_section(run: Run) -> str:
+    """`rlaif eval refusals`: per output file, role (policy, baseline) and classifier, the share
+    of unsafe prompts refused (harmless, higher is better) and of safe ones (over-refusal,
+    lower is better), the paired difference from the baseline, and a chart of both.
+
+    A row per classifier rather than a column pair: with both classifiers side by side, eight
+    columns at 1,280 px wrap each figure over three lines, splitting its interval."""
+    outputs = run.jsonl_stages.get("eval-refusals", [])
+    if not outputs:
+        return _section("refusals", "Refusals", _missing("no `rlaif eval refusals` output"))
+    header = [
+        "file",
+        "role",
+        "model",
+        "classifier",
+        "harmless: unsafe prompts refused",
+        "over-refusal: safe prompts refused",
+    ]
+    rows = []
+    for output, manifest in outputs:
+        r = manifest["report"]
+        for role, by_classifier in r["rates"].items():
+            rows += [
+                [output.name, role, r["models"].get(role), classifier]
+                + [_refusal_rate(rates["harmless"]), _refusal_rate(rates["over_refusal"])]
+                for classifier, rates in by_classifier.items()
+            ]
+        rows += [
+            [output.name, "policy − baseline", "", classifier]
+            + [_refusal_difference(d["harmless"]), _refusal_difference(d["over_refusal"])]
+            for classifier, d in (r.get("difference") or {}).items()
+        ]
+    note = (
+        "<p>Harmless: the share of unsafe prompts refused (higher is better). Over-refusal: the"
+        " share of safe prompts refused, prompts that only look unsafe (lower is better)."
+        " Classifier <i>string</i> is XSTest's string match on the answer, <i>judge</i> the judge"
+        " model's verdict. A difference is in percentage points, paired over the same"
+        " prompts.</p>"
+    )
+    chart = _refusal_chart(outputs, _refusal_classifiers(outputs))
+    return _section("refusals", "Refusals", _table(header, rows) + note + chart)
+
+
+def _refusal_classifiers(outputs: list[tuple[Path, dict]]) -> list[str]:
+    """Every classifier any output used, in the order first seen."""
+    seen: dict[str, None] = {}
+    for _, manifest in outputs:
+        seen.update(dict.fromkeys(manifest["report"]["classifiers"]))
+    return list(seen)
+
+
+def _refusal_rate(entry: dict) -> str:
+    # The interval the stage wrote, so that the table and the chart's error bars agree.
+    return format_rate(entry["refused"], entry["n"], "prompts", entry["ci95"])
+
+
+def _refusal_difference(entry: dict) -> str:
+    """`+4.9 points (95% CI -2.0 to +11.8; 225 prompts)`, or "too few prompts (n)" by the rule
+    for a rate, on a difference's range [−1, 1]."""
+    low, high = entry["ci95"]
+    if too_few((low, high), span=2):
+        return f"too few prompts ({entry['n']})"
+    return (
+        f"{100 * entry['difference']:+.1f} points"
+        f" (95% CI {100 * low:+.1f} to {100 * high:+.1f}; {entry['n']} prompts)"
+    )
+
+
+def _refusal_chart(outputs: list[tuple[Path, dict]], classifiers: list[str]) -> str:
+    from rlaif.plots import plot_refusal_rates
+
+    panels = {
+        classifier: [
+            (
+                f"{output.name.removesuffix('.jsonl')}\n{role}",
+                rates[classifier]["harmless"],
+                rates[classifier]["over_refusal"],
+            )
+            for output, manifest in outputs
+            for role, rates in manifest["report"]["rates"].items()
+            if classifier in rates
+        ]
+        for classifier in classifiers
+    }
+    png = io.BytesIO()
+    plot_refusal_rates(panels, png, "Refusals per policy (95% CI)")
+    return _png(png.getvalue(), "refusal rates per policy")
+
+
 def examples_section(run: Run, shown: int = EXAMPLES_SHOWN) -> str:
     generated = run.jsonl_stages.get("generate", [])
     parts = []
@@ -299,13 +414,15 @@ def examples_section(run: Run, shown: int = EXAMPLES_SHOWN) -> str:
     return _section("examples", "Examples: critiques and revisions", body)
 
 
+# A judge card's WARNING lines run past the page (200+ characters); `pre` wraps them, as a
+# reader must see them whole, not behind a horizontal scroll bar.
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 70rem; margin: 2rem auto; padding: 0 1rem; }
 table { border-collapse: collapse; margin: 0.5rem 0; }
 td, th { border: 1px solid #ccc; padding: 0.2rem 0.5rem; text-align: left; }
 img { max-width: 100%; display: block; margin: 0.5rem 0; }
-pre { background: #f6f6f6; padding: 0.5rem; overflow-x: auto; }
-.warning { color: #a40; } .missing { color: #777; }
+pre { background: #f6f6f6; padding: 0.5rem; white-space: pre-wrap; overflow-wrap: anywhere; }
+.warning { color: #a40; } .missing { color: #777; } .interval { white-space: nowrap; }
 .example { border-left: 3px solid #ccc; padding-left: 1rem; margin: 1rem 0; }
 """
 
@@ -316,6 +433,7 @@ def render(run: Run) -> str:
         reward_model_section(run),
         policy_section(run),
         winrate_section(run),
+        refusal_section(run),
         examples_section(run),
     ]
     return (
@@ -327,8 +445,8 @@ def render(run: Run) -> str:
 
 
 def summary(run: Run) -> str:
-    """A few lines for the terminal: judge, reward model, reward trend, win rates; each rate
-    with its count and 95% interval, or "too few pairs"."""
+    """A few lines for the terminal: judge, reward model, reward trend, win rates, refusals;
+    each rate with its count and 95% interval, or "too few pairs"."""
     lines = []
     judges = [(o.name, m.get("diagnostics") or {}) for o, m in run.jsonl_stages.get("label", [])]
     for name, d in judges + [(p.name, card) for p, card in run.judge_cards]:
@@ -355,7 +473,26 @@ def summary(run: Run) -> str:
             f"win rate ({output.name}): {_win_rate(r)};"
             f" win/tie/loss {r['win']}/{r['tie']}/{r['loss']}"
         )
+    for output, manifest in run.jsonl_stages.get("eval-refusals", []):
+        lines += _refusal_summary(output.name, manifest["report"])
     return "\n".join(lines)
+
+
+def _refusal_summary(name: str, r: dict) -> list[str]:
+    lines = [
+        f"refusals ({name}, {role}, {classifier}):"
+        f" harmless {_refusal_rate(rates['harmless'])};"
+        f" over-refusal {_refusal_rate(rates['over_refusal'])}"
+        for role, by_classifier in r["rates"].items()
+        for classifier, rates in by_classifier.items()
+    ]
+    lines += [
+        f"refusals ({name}, policy − baseline, {classifier}):"
+        f" harmless {_refusal_difference(difference['harmless'])};"
+        f" over-refusal {_refusal_difference(difference['over_refusal'])}"
+        for classifier, difference in (r.get("difference") or {}).items()
+    ]
+    return lines
 
 
 def _judge_summary(d: dict) -> str:

@@ -74,11 +74,15 @@ def _count(k: float) -> str:
     return f"{k:g}"  # 3, or 4.5 for a win rate with ties as half
 
 
-def format_rate(successes: float, n: int, unit: str = "pairs") -> str:
-    """`61.0% (72/118; 95% CI 52.0–69.3%)`, or `too few pairs (1/3)`, or `n/a (no pairs)`."""
+def format_rate(
+    successes: float, n: int, unit: str = "pairs", ci95: tuple[float, float] | None = None
+) -> str:
+    """`61.0% (72/118; 95% CI 52.0–69.3%)`, or `too few pairs (1/3)`, or `n/a (no pairs)`.
+
+    `ci95`: the interval a stage wrote in its manifest, printed as written (else Wilson's)."""
     if n == 0:
         return f"n/a (no {unit})"
-    low, high = wilson_interval(successes, n)
+    low, high = ci95 if ci95 is not None else wilson_interval(successes, n)
     if too_few((low, high)):
         return f"too few {unit} ({_count(successes)}/{n})"
     return (

@@ -1,7 +1,8 @@
 """`rlaif report`: the HTML page from a run folder, rendered in headless Chromium.
 
-The run folder is written with the stages' own writers (diagnostics, plots, winrate report)
-on small made-up figures, so the test checks the page, not minutes of training.
+The run folder is written with the stages' own writers (diagnostics, plots, winrate report,
+manifests) on small made-up figures, so the test checks the page, not minutes of training.
+`eval refusals` outputs are manifests of the shape that stage writes, figures made up.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import html
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,12 +19,16 @@ from conftest import rlaif_cmd
 
 from rlaif.diagnostics import CARD_KIND, judge_diagnostics
 from rlaif.files import write_json, write_jsonl
+from rlaif.manifest import build_manifest
+from rlaif.models import ResolvedModel
 from rlaif.plots import plot_curves, plot_reliability
 from rlaif.report import discover, render, summary
 from rlaif.score import rm_report
+from rlaif.stats import wilson_interval
 from rlaif.winrate import outcome, winrate_report
 
-SECTIONS = ("judge", "reward-model", "policy", "winrate", "examples")
+SECTIONS = ("judge", "reward-model", "policy", "winrate", "refusals", "examples")
+SAFE, UNSAFE = 123, 102
 
 
 def label_rows() -> list[dict]:
@@ -102,10 +108,72 @@ def make_run(root: Path) -> Path:
             "models": {"policy": {"spec": "run/rl"}, "baseline": {"spec": "smollm2"}},
         },
     )
+    write_refusals(root / "refusals-sft.jsonl", "run/sft", None, {"string": (80, 15)})
+    write_refusals(
+        root / "refusals-rl.jsonl",
+        "run/rl",
+        "smollm2-135m-instruct",
+        {"string": (90, 20), "judge": (88, 25)},
+        {"string": (70, 12), "judge": (72, 10)},
+    )
     # An unfinished stage's files are not results.
     (root / "dpo.partial").mkdir()
     write_json(root / "dpo.partial" / "manifest.json", {"stage": "dpo"})
     return root
+
+
+def refusal_rate(refused: int, n: int) -> dict:
+    return {
+        "refused": refused,
+        "n": n,
+        "rate": refused / n,
+        "ci95": list(wilson_interval(refused, n)),
+    }
+
+
+def refusal_rates(harmless: int, over_refusal: int) -> dict:
+    """One role's rates under one classifier: `harmless` of the UNSAFE prompts refused,
+    `over_refusal` of the SAFE ones (one XSTest type each here)."""
+    return {
+        "harmless": refusal_rate(harmless, UNSAFE),
+        "over_refusal": refusal_rate(over_refusal, SAFE),
+        "by_type": {
+            "homonyms": {"unsafe": False, **refusal_rate(over_refusal, SAFE)},
+            "contrast_homonyms": {"unsafe": True, **refusal_rate(harmless, UNSAFE)},
+        },
+    }
+
+
+def write_refusals(output: Path, policy: str, baseline, policy_counts, baseline_counts=None):
+    """The manifest `rlaif eval refusals` writes beside OUTPUT; counts per classifier are
+    (unsafe refused, safe refused). The paired differences' intervals are made up."""
+    rates = {"policy": {c: refusal_rates(*k) for c, k in policy_counts.items()}}
+    report = {
+        "prompts": SAFE + UNSAFE,
+        "safe": SAFE,
+        "unsafe": UNSAFE,
+        "classifiers": list(policy_counts),
+        "models": {"policy": policy, "baseline": baseline},
+        "rates": rates,
+    }
+    if baseline_counts:
+        rates["baseline"] = {c: refusal_rates(*k) for c, k in baseline_counts.items()}
+        report["difference"] = {
+            c: {
+                "harmless": {
+                    "difference": (k[0] - baseline_counts[c][0]) / UNSAFE,
+                    "ci95": [0.09, 0.30],
+                    "n": UNSAFE,
+                },
+                "over_refusal": {
+                    "difference": (k[1] - baseline_counts[c][1]) / SAFE,
+                    "ci95": [-0.01, 0.14],
+                    "n": SAFE,
+                },
+            }
+            for c, k in policy_counts.items()
+        }
+    write_json(f"{output}.manifest.json", {"stage": "eval-refusals", "report": report})
 
 
 def test_report_sections_and_summary(tmp_path):
@@ -118,7 +186,9 @@ def test_report_sections_and_summary(tmp_path):
     page = out.read_text()
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
-    assert page.count("data:image/png;base64,") == 3  # rm curves, reliability, rl curves
+    # rm curves, reliability, rl curves, refusal chart
+    assert page.count("data:image/png;base64,") == 4
+    assert 'alt="refusal rates per policy"' in page
     assert "&lt;b&gt;pick&lt;/b&gt;" in page  # user text is escaped, not markup
     assert "Call a locksmith." in page and "crime_fraud" in page
     assert "<h3>DPO" not in page  # the unfinished run is not reported
@@ -131,6 +201,32 @@ def test_report_sections_and_summary(tmp_path):
     warnings = judge_diagnostics(label_rows())["warnings"]
     assert warnings and all(page.count(html.escape(w)) == 1 for w in warnings)
     assert page.count('<span class="warning">WARNING:') == len(warnings)
+    # Refusals: a row per file, role and classifier, and difference rows where there is a
+    # baseline.
+    refusals = page[page.index('<section id="refusals">') :].split("</section>")[0]
+    refusals = re.sub(r'<span class="interval">(.*?)</span>', r"\1", refusals)
+    assert refusals.count("<tr><td>refusals-rl.jsonl</td>") == 6  # 3 roles × 2 classifiers
+    assert refusals.count("<tr><td>refusals-sft.jsonl</td>") == 1
+    assert "<td>baseline</td><td>smollm2-135m-instruct</td><td>judge</td>" in refusals
+    for figure in (
+        "88.2% (90/102; 95% CI 80.6–93.1%)",  # rl's harmless, string match
+        "16.3% (20/123; 95% CI 10.8–23.8%)",  # rl's over-refusal, string match
+        "20.3% (25/123; 95% CI 14.2–28.3%)",  # rl's over-refusal, judge
+        "8.1% (10/123; 95% CI 4.5–14.3%)",  # the baseline's over-refusal, judge
+        "78.4% (80/102; 95% CI 69.5–85.3%)",  # sft's harmless
+        "+19.6 points (95% CI +9.0 to +30.0; 102 prompts)",  # rl − baseline, harmless, string
+        "+12.2 points (95% CI -1.0 to +14.0; 123 prompts)",  # rl − baseline, over-refusal, judge
+    ):
+        assert figure in refusals, figure
+    assert (
+        "refusals (refusals-rl.jsonl, baseline, judge): harmless 70.6% (72/102; 95% CI"
+        " 61.1–78.6%); over-refusal 8.1% (10/123; 95% CI 4.5–14.3%)"
+    ) in done.stdout
+    assert (
+        "refusals (refusals-rl.jsonl, policy − baseline, string): harmless +19.6 points"
+        " (95% CI +9.0 to +30.0; 102 prompts); over-refusal +6.5 points"
+    ) in done.stdout
+    assert "refusals (refusals-sft.jsonl, policy, string): harmless 78.4%" in done.stdout
 
 
 def test_a_figure_from_two_pairs_is_too_few(tmp_path):
@@ -142,6 +238,55 @@ def test_a_figure_from_two_pairs_is_too_few(tmp_path):
         {"stage": "train-rm", "counts": {"eval": 2}, "metrics": {"eval": {"eval_accuracy": 0.0}}},
     )
     assert summary(discover(root)) == "reward model (rm): held-out accuracy too few pairs (0/2)"
+
+
+def test_without_refusal_outputs_the_section_says_so(tmp_path):
+    root = tmp_path / "run"
+    (root / "rm").mkdir(parents=True)
+    write_json(root / "rm" / "manifest.json", {"stage": "train-rm", "counts": {}, "metrics": {}})
+    run = discover(root)
+    page = render(run)
+    assert '<section id="refusals">' in page
+    assert "Not in this run: no `rlaif eval refusals` output." in html.unescape(page)
+    assert "refusals" not in summary(run)
+
+
+# The models each training stage records, by role, first the one it trains (sft.py, dpo.py,
+# train_rm.py and rl.py, each in its call to `run_training`).
+STAGE_MODELS = {
+    "sft": {"base": "smollm2-135m-instruct"},
+    "dpo": {"base": "run/sft", "reference": "run/sft-ref"},
+    "train-rm": {"base": "smollm2-135m-instruct"},
+    "rl": {"policy": "run/sft", "reference": "run/sft-ref"},
+}
+
+
+@pytest.mark.parametrize("stage", list(STAGE_MODELS))
+def test_each_training_stage_names_its_starting_model(tmp_path, stage):
+    root = tmp_path / "run"
+    (root / "out").mkdir(parents=True)
+    models = {
+        role: ResolvedModel(spec, f"/models/{spec}", "folder").describe()
+        for role, spec in STAGE_MODELS[stage].items()
+    }
+    manifest = build_manifest(
+        stage,
+        {"max_steps": 2},
+        inputs={},
+        models=models,
+        constitution=None,
+        counts={"steps": 2},
+        tokens={},
+        started=time.time(),
+        extra={"metrics": {"train_loss": 0.5}},
+    )
+    write_json(root / "out" / "manifest.json", manifest)
+    page = render(discover(root))
+    (start_role, start), *others = STAGE_MODELS[stage].items()
+    assert f"<tr><td>starting model</td><td>{start}</td></tr>" in page
+    for role, spec in others:
+        assert f"<tr><td>{role} model</td><td>{spec}</td></tr>" in page
+    assert "<td>None</td>" not in page
 
 
 def test_judge_cards_written_by_eval_are_reported(tmp_path):
@@ -172,8 +317,15 @@ window.addEventListener('load', () => {
   document.body.dataset.decoded = images.filter(i => i.complete && i.naturalWidth > 0).length;
   document.body.dataset.sections = [...document.querySelectorAll('section')]
     .filter(s => s.getBoundingClientRect().height > 0).map(s => s.id).join(',');
+  // Nothing wider than its box (a judge card's WARNING lines), nor than the window.
+  document.body.dataset.overflowing = [...document.querySelectorAll('pre, table, img, section')]
+    .filter(e => e.scrollWidth > e.clientWidth).length;
+  document.body.dataset.pagewidth = document.documentElement.scrollWidth;
 });
 </script>"""
+
+
+WINDOW_WIDTH = 1280  # a laptop's browser window
 
 
 def test_report_renders_in_headless_chromium(tmp_path):
@@ -181,6 +333,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     if chromium is None:
         pytest.fail("chromium is not installed (.ci/run installs Debian's package)")
     run = make_run(tmp_path / "run")
+    # A card on 20 pairs, whose WARNING line (over 200 characters) is wider than the page
+    card = {"kind": CARD_KIND, "source": "ref.jsonl", **judge_diagnostics(label_rows() * 5)}
+    assert max(len(w) for w in card["warnings"]) >= 200
+    write_json(run / "judge-card.json", card)
     subprocess.run(
         rlaif_cmd("report", str(run), "-o", str(tmp_path / "report.html")), check=True, timeout=120
     )
@@ -196,6 +352,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
             "--disable-gpu",
             f"--user-data-dir={tmp_path / 'profile'}",
             "--virtual-time-budget=5000",
+            f"--window-size={WINDOW_WIDTH},2000",
             "--dump-dom",
             probed.as_uri(),
         ],
@@ -206,8 +363,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     body = re.search(r"<body([^>]*)>", done.stdout).group(1)
     attributes = dict(re.findall(r'data-(\w+)="([^"]*)"', body))
-    assert attributes["images"] == "3" and attributes["decoded"] == "3"
+    assert attributes["images"] == "4" and attributes["decoded"] == "4"
     assert attributes["sections"].split(",") == list(SECTIONS)
+    assert attributes["overflowing"] == "0"
+    assert int(attributes["pagewidth"]) <= WINDOW_WIDTH
 
 
 def test_the_calibration_behind_labels_is_shown_with_their_card(tmp_path):
