@@ -34,7 +34,7 @@ judge-model: $(STAMP)
 demo: $(STAMP)
 	$(MAKE) --no-print-directory -f examples/harmless/Makefile RUN=$(DEMO_DIR) \
 		RLAIF=$(CURDIR)/$(BIN)/rlaif N_PROMPTS=12 DPO_STEPS=4 JUDGE_ENGINE=hf EVAL_ENGINE=hf \
-		main dpo-branch $(DEMO_DIR)/rm-eval.json
+		main dpo-branch $(DEMO_DIR)/rm-eval.json $(DEMO_DIR)/refusals-dpo.jsonl
 	@$(BIN)/rlaif show $(DEMO_DIR)/revisions.jsonl
 	@echo
 	@$(BIN)/rlaif report $(DEMO_DIR) -o $(DEMO_DIR)/report.html

@@ -12,7 +12,18 @@ from pathlib import Path
 from conftest import REPO
 
 RECIPE = REPO / "examples" / "harmless" / "Makefile"
-STAGES = ("generate", "sft", "sample", "label", "train-rm", "eval rm", "rl", "dpo", "eval winrate")
+STAGES = (
+    "generate",
+    "sft",
+    "sample",
+    "label",
+    "train-rm",
+    "eval rm",
+    "rl",
+    "dpo",
+    "eval winrate",
+    "eval refusals",
+)
 
 
 def make(run: Path, constitution: Path, *args: str) -> subprocess.CompletedProcess:
@@ -54,7 +65,14 @@ def test_targets_follow_their_real_prerequisites(tmp_path):
 
     # A new judge label file: everything trained or evaluated on labels, nothing before it.
     later(run / "prefs.jsonl")
-    assert would_run(run, constitution) == {"train-rm", "eval rm", "rl", "dpo", "eval winrate"}
+    assert would_run(run, constitution) == {
+        "train-rm",
+        "eval rm",
+        "rl",
+        "dpo",
+        "eval winrate",
+        "eval refusals",  # of the DPO and RL policies; the start's and SFT's stay
+    }
     make(run, constitution, "-t", "all")
 
     # The constitution edited: both stages that read it (generate's critiques and revisions,
