@@ -29,6 +29,13 @@ benchmark exists for a user's own judge:
   python benchmarks/judge_quality.py -m Qwen/Qwen2.5-7B-Instruct \\
       -m meta-llama/Llama-3.1-8B-Instruct --engine vllm --limit 118 --json judge-quality.json
 
+The offline judge with real signal (`make judge-model` first; never the default):
+
+  python benchmarks/judge_quality.py -m qwen2.5-coder-1.5b-instruct \\
+      -m smollm2-135m-instruct --engine vllm --limit 20 --json judge-quality-1.5b.json
+
+(its jury row is the 1.5B judge with the embedded one).
+
 Defaults: --limit 12 pairs per dataset (the fewest for which an agreement near 50% is printed
 as a number at all; the intervals are then ~50 points wide: use --limit 0, every pair, to size
 a real judge) and --max-new-tokens 24. Cost: 16 label runs; a jury row judges every pair once
