@@ -4,6 +4,7 @@ then `rlaif label --calibrate-on` on the embedded judge (hf engine)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import random
@@ -20,8 +21,10 @@ from rlaif.calibration import (
     ece,
     fit_platt,
     folds_of,
+    format_calibration,
     held_out,
     log_loss,
+    shrink_factor,
     sigmoid,
 )
 from rlaif.engines import EngineSettings
@@ -81,7 +84,13 @@ def test_held_out_calibration_lowers_ece_and_log_loss(true_a):
     assert report["ece_after"] < report["ece_before"]
     assert report["ece_after"] < 0.05
     assert report["log_loss_after"] < report["log_loss_before"]
-    assert report["applied"]["a"] == report["fit"]["a"]  # a clear signal: the fit is applied
+    # A clear signal: the held-out gain is well above its uncertainty, so the fit is applied,
+    # its a shrunk by the James–Stein factor 1 − (SE/a)², which at 1000 pairs is under 1%.
+    fit, gate, shrinkage = report["fit"], report["gate"], report["shrinkage"]
+    assert gate["passed"] and gate["gain_lower"] > 0 and gate["gain"] > 0.02
+    factor = 1 - (fit["a_se"] / fit["a"]) ** 2
+    assert shrinkage == {"a_raw": fit["a"], "factor": factor, "a_shrunk": fit["a"] * factor}
+    assert report["applied"]["a"] == fit["a"] * factor and 0.99 < factor < 1
     assert report["verdict"].startswith("the judge carries signal")
 
 
@@ -92,7 +101,8 @@ def test_a_judge_at_chance_gets_a_near_zero_and_labels_at_one_half():
     y = [rng.randrange(2) for _ in p]
     assert abs(fit_platt(p, y).a) < 0.1
     report = calibration_report(p, y, folds=5, seed=0, bias=False)
-    assert report["signal_p_value"] > 0.05
+    assert report["signal_p_value"] > 0.05  # the in-sample test agrees here
+    assert not report["gate"]["passed"] and report["gate"]["gain_lower"] <= 0
     assert report["applied"] == {"a": 0.0, "b": 0.0}
     assert report["verdict"].startswith("the judge carries little signal on the reference")
     assert report["verdict"].endswith("; labels pulled to 0.5")
@@ -108,6 +118,7 @@ def test_a_hedging_judge_at_chance_on_few_pairs_is_not_stretched():
     y = [rng.randrange(2) for _ in p]
     report = calibration_report(p, y, folds=5, seed=0, bias=False)
     assert report["fit"]["a_se"] > 1.0  # nothing to learn from 8 pairs this close to 0.5
+    assert not report["gate"]["passed"]
     assert report["applied"] == {"a": 0.0, "b": 0.0}
     assert "labels pulled to 0.5" in report["verdict"]
 
@@ -117,6 +128,85 @@ def test_a_judge_that_is_reliably_wrong_is_reversed():
     report = calibration_report(p, y, folds=5, seed=0, bias=False)
     assert report["applied"]["a"] < -0.7
     assert "reliably wrong" in report["verdict"]
+
+
+def test_a_chance_judge_that_passes_the_in_sample_test_is_not_stretched():
+    """The motivating case's shape: a judge at chance that hedges like the embedded one
+    (mean |p − 0.5| ≈ 0.04) on 30 reference pairs, where the old rule's likelihood-ratio test
+    passes (p = 0.019 for this seed, found by search) and its a ≈ 5 would stretch every label
+    about 5×. Its held-out gain is within its own uncertainty, so a = 0 is applied, and the
+    printed block says so."""
+    rng = random.Random(352)
+    p = [sigmoid(rng.gauss(0.0, 0.16)) for _ in range(30)]
+    y = [rng.randrange(2) for _ in p]
+    report = calibration_report(p, y, folds=5, seed=0, bias=False)
+    fit = PlattFit(**report["fit"])
+    assert report["signal_p_value"] < 0.05 and fit.a > 4  # the old rule would apply this fit
+    spread = sum(abs(q - 0.5) for q in p) / len(p)
+    assert sum(abs(fit.apply(q) - 0.5) for q in p) / len(p) > 4 * spread  # ... stretching ~5×
+    gate = report["gate"]
+    assert gate["gain"] > 0 and gate["gain_lower"] <= 0 and not gate["passed"]
+    assert report["applied"] == {"a": 0.0, "b": 0.0}
+    assert report["shrinkage"]["a_raw"] == fit.a  # recorded, though not applied
+    block = format_calibration(report, "ref.jsonl")
+    assert "held-out gain over a = 0 (5-fold, paired): +" in block
+    assert "lower 95% bound -" in block and "not above 0" in block
+    assert block.rstrip().endswith("labels pulled to 0.5")
+
+
+def test_shrinkage_is_positive_part_james_stein():
+    assert shrink_factor(PlattFit(2.0, 0.0, 0.5, None, 50)) == pytest.approx(1 - 0.25**2)
+    assert shrink_factor(PlattFit(-2.0, 0.0, 0.5, None, 50)) == pytest.approx(1 - 0.25**2)
+    assert shrink_factor(PlattFit(1.0, 0.0, 1.5, None, 50)) == 0.0  # |a| < SE: nothing kept
+    assert shrink_factor(PlattFit(0.0, 0.0, None, None, 6)) == 0.0  # not identified
+
+
+def test_a_manifest_from_before_the_gate_still_prints():
+    """`rlaif report` formats the calibration of older label manifests, which have no "gate"
+    or "shrinkage": their verdict reads from the a applied and the likelihood-ratio p."""
+    p, y = synthetic_judge(200, 2.0, 0.0, seed=11)
+    report = calibration_report(p, y, folds=5, seed=0, bias=False)
+    old = {k: v for k, v in report.items() if k not in ("gate", "shrinkage", "verdict")}
+    old["applied"] = {"a": report["fit"]["a"], "b": 0.0}  # the old rule applied the ML fit
+    block = format_calibration(old, "ref.jsonl")
+    assert "held-out gain" not in block and "shrunk" not in block
+    assert f"applied: a = {report['fit']['a']:.3f}, b = 0.000\n" in block
+    assert "carries signal on ref.jsonl (likelihood-ratio p = 0.00)" in block
+    new = format_calibration(report, "ref.jsonl")
+    shrink = report["shrinkage"]
+    assert f"(shrunk a = {shrink['a_raw']:.3f} × {shrink['factor']:.2f}" in new
+    assert "carries signal on ref.jsonl (held-out gain +" in new
+
+
+def load_noise_benchmark():
+    spec = importlib.util.spec_from_file_location(
+        "calibration_noise",
+        Path(__file__).resolve().parent.parent / "benchmarks" / "calibration_noise.py",
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chance_judges_are_stretched_in_at_most_5_percent_of_reference_sets():
+    """benchmarks/calibration_noise.py's study, small: 300 seeded reference sets of 30 pairs
+    from a judge at chance that hedges (logit p ~ N(0, 0.1)). The old rule (likelihood-ratio
+    p < 0.05) stretched the labels in about its nominal 5% of them (3.3% here); the held-out
+    gate must stay at or under 5%, and below the old rule."""
+    bench = load_noise_benchmark()
+    [row] = bench.study([bench.CHANCE[0]], [30], seeds=300)
+    assert row["new_stretched"] <= 0.05
+    assert row["new_stretched"] < row["old_stretched"]
+
+
+def test_a_judge_with_signal_is_still_calibrated_at_100_pairs():
+    """The gate must not kill real calibration: a judge right 69% of the time (logit p =
+    ±0.5 + N(0, 1), so its true a is 1) gets a fit with a > 0 applied in most of 100 seeded
+    reference sets of 100 pairs (89% at 1000 seeds in the benchmark)."""
+    bench = load_noise_benchmark()
+    [row] = bench.study([bench.SIGNAL[0]], [100], seeds=100)
+    assert row["new_positive"] >= 0.75
+    assert 0.6 < row["new_median_a"] < 1.4
 
 
 def test_perfect_separation_gives_a_finite_fit():
