@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 
 from rlaif.engines import base
-from rlaif.engines.base import Chat, Completion, OptionScores, Sampling
+from rlaif.engines.base import Chat, Completion, OnDone, OptionScores, Sampling
 
 # On a CPU, vLLM reserves `gpu_memory_utilization` of the machine's RAM unless the KV cache size
 # is given directly; 2 GiB holds far more than our batches need and leaves RAM for a trainer.
@@ -69,8 +70,16 @@ class VLLMEngine:
     def dtypes(self) -> dict[str, str]:
         return dict(self.models.used)
 
+    @property
+    def load_s(self) -> float:
+        return self.models.load_s
+
     def generate(
-        self, chats: Sequence[Chat], sampling: Sampling, seeds: Sequence[int]
+        self,
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        seeds: Sequence[int],
+        on_done: OnDone | None = None,
     ) -> list[Completion]:
         from vllm import SamplingParams
 
@@ -87,7 +96,7 @@ class VLLMEngine:
             )
             for seed in seeds
         ]
-        outputs = self.models("generate").generate(prompts, params, use_tqdm=False)
+        outputs = self.models("generate").generate(prompts, params, use_tqdm=_progress(on_done))
         return [
             Completion(
                 out.outputs[0].text.strip(),
@@ -98,7 +107,11 @@ class VLLMEngine:
         ]
 
     def score_options(
-        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str | Sequence[str] = ""
+        self,
+        chats: Sequence[Chat],
+        options: Sequence[str],
+        answer_prefix: str | Sequence[str] = "",
+        on_done: OnDone | None = None,
     ) -> list[OptionScores]:
         from vllm import SamplingParams
 
@@ -113,7 +126,7 @@ class VLLMEngine:
             for c, p in zip(chats, prefixes, strict=True)
         ]
         base.check_fits([p["prompt_token_ids"] for p in prompts], 1, self.max_model_len)
-        outputs = self.models("score").generate(prompts, params, use_tqdm=False)
+        outputs = self.models("score").generate(prompts, params, use_tqdm=_progress(on_done))
         results = []
         for out in outputs:
             first = out.outputs[0].logprobs[0]
@@ -123,3 +136,44 @@ class VLLMEngine:
 
     def close(self) -> None:
         self.models.close()
+
+
+def _progress(on_done: OnDone | None):
+    """`LLM.generate`'s `use_tqdm`: False (no bar of vLLM's own), or a callable that makes the
+    bar vLLM updates as each request finishes, one that passes the counts to `on_done`.
+
+    Read from vllm 0.32.0 (`entrypoints/common/offline.py`, `utils/tqdm_utils.py`): the callable
+    is called twice per `generate`, with the prompts to wrap while they are rendered (given back
+    as they are), then as `bar(total=..., desc=..., ...)` for the run, whose bar gets
+    `update(n)` per finished request and has its `n`, `postfix` and `format_dict["elapsed"]`
+    read (elapsed divides: never 0), then `refresh()` and `close()`.
+    """
+    if on_done is None:
+        return False
+
+    def make(iterable=None, **_):
+        return iterable if iterable is not None else _CallbackBar(on_done)
+
+    return make
+
+
+class _CallbackBar:
+    """The part of a tqdm bar vLLM's run loop uses (see `_progress`), drawing nothing."""
+
+    def __init__(self, on_done: OnDone):
+        self.on_done, self.n, self.postfix = on_done, 0, ""
+        self.started = time.monotonic()
+
+    @property
+    def format_dict(self) -> dict:
+        return {"n": self.n, "elapsed": max(time.monotonic() - self.started, 1e-9)}
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.on_done(n)
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
