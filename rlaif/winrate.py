@@ -211,17 +211,25 @@ def _answer(stage: RecordStage, role: str) -> list[str]:
     cfg = stage.cfg
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
 
-    def process(chunk, advance):
+    def process(chunk, progress):
         seeds = [derived_seed(cfg.seed, "winrate", r.id) for r in chunk]
         # The models answer one after the other, so each may take the whole accelerator.
-        outs = stage.engine(role, share=1.0).generate([r.messages for r in chunk], sampling, seeds)
+        engine = stage.engine(role, share=1.0)
+        with stage.tokens.timed(role, engine):
+            outs = engine.generate(
+                [r.messages for r in chunk], sampling, seeds, on_done=progress.on_done(len(chunk))
+            )
         stage.tokens.add_completions(role, outs)
-        advance(len(chunk))
         return [{"id": r.id, "text": o.text} for r, o in zip(chunk, outs, strict=True)]
 
     output = str(work_dir(cfg.output) / f"{role}.jsonl")
     result = stage.run_chunks(
-        stage.records, process, output=output, description=f"answer ({role})", phase=role
+        stage.records,
+        process,
+        unit="prompt",
+        output=output,
+        description=f"answer ({role})",
+        phase=role,
     )
     stage.close_engines()
     return [row["text"] for row in result.rows]
@@ -230,14 +238,16 @@ def _answer(stage: RecordStage, role: str) -> list[str]:
 def _judge(stage: RecordStage, pairs: list[PairRecord]) -> dict[str, dict]:
     cfg = stage.cfg
 
-    def process(chunk, advance):
+    def process(chunk, progress):
         judge = stage.engine("judge", share=1.0)
         return judge_chunk(
-            chunk, judge, cfg.judging, cfg.seed, stage.constitution, stage.tokens, advance
+            chunk, judge, cfg.judging, cfg.seed, stage.constitution, stage.tokens, progress
         )
 
     output = str(work_dir(cfg.output) / "labels.jsonl")
-    result = stage.run_chunks(pairs, process, output=output, description="judge", phase="judge")
+    result = stage.run_chunks(
+        pairs, process, unit="pair", output=output, description="judge", phase="judge"
+    )
     stage.close_engines()
     return {row["id"]: row for row in result.rows}
 
