@@ -52,10 +52,10 @@ def label(engine_name: str, dtype: str, records, constitution) -> dict:
     engine = make_engine(resolve_model(EMBEDDED_ALIAS).path, settings, seed=0)
     cfg = JudgingSettings()
     try:
-        judge_chunk(records[:4], engine, cfg, 0, constitution, TokenCounter(), lambda n: None)
+        judge_chunk(records[:4], engine, cfg, 0, constitution, TokenCounter())
         counter = TokenCounter()
         start = time.perf_counter()
-        rows = judge_chunk(records, engine, cfg, 0, constitution, counter, lambda n: None)
+        rows = judge_chunk(records, engine, cfg, 0, constitution, counter)
         seconds = time.perf_counter() - start
     finally:
         engine.close()

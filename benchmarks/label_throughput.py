@@ -55,9 +55,9 @@ def measure(name: str, engine, records, cfg, constitution) -> dict:
     from rlaif.stage import TokenCounter
 
     counter = TokenCounter()
-    judge_chunk(records[:4], engine, cfg, 0, constitution, TokenCounter(), lambda n: None)
+    judge_chunk(records[:4], engine, cfg, 0, constitution, TokenCounter())
     start = time.perf_counter()
-    judge_chunk(records, engine, cfg, 0, constitution, counter, lambda n: None)
+    judge_chunk(records, engine, cfg, 0, constitution, counter)
     seconds = time.perf_counter() - start
     tokens = counter.tokens["judge_prompt_tokens"] + counter.tokens["judge_completion_tokens"]
     result = {

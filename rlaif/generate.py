@@ -24,7 +24,7 @@ from rlaif.models import EMBEDDED_ALIAS
 from rlaif.options import option
 from rlaif.records import PromptRecord, parse_prompt_records
 from rlaif.seeds import derived_seed
-from rlaif.stage import RecordStage, ShardedRecordSettings, TokenCounter
+from rlaif.stage import Progress, RecordStage, ShardedRecordSettings, TokenCounter
 
 
 @dataclass(kw_only=True)
@@ -91,41 +91,47 @@ def revise_chunk(
     cfg: GenerateConfig,
     constitution: Constitution,
     tokens: TokenCounter,
-    advance,
+    progress: Progress,
 ) -> list[dict]:
     sampling = cfg.sampling
-    initial = policy.generate(
-        [r.messages for r in chunk],
-        sampling,
-        [derived_seed(cfg.seed, "initial", r.id) for r in chunk],
-    )
+    # The bar's share of the chunk in equal steps: the answers, then each round's critiques
+    # and revisions (one request per prompt each).
+    calls = iter(progress.split(1 + 2 * cfg.rounds))
+    with tokens.timed("policy", policy):
+        initial = policy.generate(
+            [r.messages for r in chunk],
+            sampling,
+            [derived_seed(cfg.seed, "initial", r.id) for r in chunk],
+            on_done=next(calls).on_done(len(chunk)),
+        )
     tokens.add_completions("policy", initial)
-    advance(len(chunk))
     current = [c.text for c in initial]
     steps: list[list[dict]] = [[] for _ in chunk]
     examples = constitution.examples
     for round_ in range(1, cfg.rounds + 1):
         chosen = [sample_principle(constitution, cfg.seed, r.id, round_) for r in chunk]
-        critiques = judge.generate(
-            [
-                prompts.critique_chat(r.messages, cur, p.critique, examples)
-                for r, cur, p in zip(chunk, current, chosen, strict=True)
-            ],
-            sampling,
-            [derived_seed(cfg.seed, "critique", r.id, round_) for r in chunk],
-        )
+        with tokens.timed("judge", judge):
+            critiques = judge.generate(
+                [
+                    prompts.critique_chat(r.messages, cur, p.critique, examples)
+                    for r, cur, p in zip(chunk, current, chosen, strict=True)
+                ],
+                sampling,
+                [derived_seed(cfg.seed, "critique", r.id, round_) for r in chunk],
+                on_done=next(calls).on_done(len(chunk)),
+            )
         tokens.add_completions("judge", critiques)
-        advance(len(chunk))
-        revisions = judge.generate(
-            [
-                prompts.revision_chat(r.messages, cur, p.critique, c.text, p.revision, examples)
-                for r, cur, p, c in zip(chunk, current, chosen, critiques, strict=True)
-            ],
-            sampling,
-            [derived_seed(cfg.seed, "revision", r.id, round_) for r in chunk],
-        )
+        with tokens.timed("judge", judge):
+            revisions = judge.generate(
+                [
+                    prompts.revision_chat(r.messages, cur, p.critique, c.text, p.revision, examples)
+                    for r, cur, p, c in zip(chunk, current, chosen, critiques, strict=True)
+                ],
+                sampling,
+                [derived_seed(cfg.seed, "revision", r.id, round_) for r in chunk],
+                on_done=next(calls).on_done(len(chunk)),
+            )
         tokens.add_completions("judge", revisions)
-        advance(len(chunk))
         for i, (p, c, rev) in enumerate(zip(chosen, critiques, revisions, strict=True)):
             revision = prompts.clean_revision(rev.text)
             # An empty revision would erase the answer, and one that repeats the constitution's
@@ -180,13 +186,13 @@ def run(cfg: GenerateConfig) -> dict:
         if stage.up_to_date:
             return stage.up_to_date
 
-        def process(chunk, advance):
+        def process(chunk, progress):
             policy, judge = stage.engine("policy"), stage.engine("judge")
             return revise_chunk(
-                chunk, policy, judge, cfg, stage.constitution, stage.tokens, advance
+                chunk, policy, judge, cfg, stage.constitution, stage.tokens, progress
             )
 
-        result = stage.run_chunks(stage.records, process, steps_per_record=1 + 2 * cfg.rounds)
+        result = stage.run_chunks(stage.records, process, unit="prompt")
         steps = [s for row in result.rows for s in row["revisions"]]
         return stage.publish(
             result.rows,

@@ -213,10 +213,10 @@ def evaluate_judge(cfg: EvalJudgeConfig) -> dict:
         if not records:
             raise at(cfg.pairs, None, "no pair left to judge")
 
-        def process(chunk, advance):
-            return jury.judge_records(stage, chunk, stage.tokens, advance)
+        def process(chunk, progress):
+            return jury.judge_records(stage, chunk, stage.tokens, progress)
 
-        result = stage.run_chunks(records, process, description="judge")
+        result = stage.run_chunks(records, process, unit="pair", description="judge")
     return publish_card(cfg, result.rows, cfg.pairs)
 
 

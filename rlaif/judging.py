@@ -32,7 +32,7 @@ from rlaif.errors import UserError
 from rlaif.options import option
 from rlaif.pairs import PairRecord
 from rlaif.seeds import derived_seed
-from rlaif.stage import TokenCounter
+from rlaif.stage import Progress, TokenCounter
 
 METHODS = ("probabilities", "generate", "rating")
 
@@ -182,18 +182,24 @@ def too_long(
 
 
 def judge_chunk(
-    chunk, judge, cfg: JudgingSettings, seed: int, constitution, tokens: TokenCounter, advance
+    chunk,
+    judge,
+    cfg: JudgingSettings,
+    seed: int,
+    constitution,
+    tokens: TokenCounter,
+    progress: Progress | None = None,
 ) -> list[dict]:
-    """One labelled row per pair record of `chunk` (see the module's docstring)."""
+    """One labelled row per pair record of `chunk` (see the module's docstring); `progress`:
+    the chunk's share of the stage's bar, filled as the judge's requests finish."""
+    progress = progress or Progress()
     if cfg.method == "rating":
-        scores = rating_scores(chunk, judge, cfg, seed, constitution, tokens)
-        advance(len(chunk))
+        scores = rating_scores(chunk, judge, cfg, seed, constitution, tokens, progress)
         return [rating_row(r, scores[r.id], judge.model_id, cfg, seed) for r in chunk]
     # One entry per (record, principle, order): everything goes to the engine in one batch.
     jobs = [job for record in chunk for job in judge_jobs(record, cfg, seed, constitution)]
     chats = [job[-1] for job in jobs]
-    p_option_a, rationales, abstained = _p_option_a(chats, judge, cfg, tokens)
-    advance(len(chunk))
+    p_option_a, rationales, abstained = _p_option_a(chats, judge, cfg, tokens, progress)
 
     judgements: dict[str, dict] = {}
     for i, (record, pair, reference, principle, order, _) in enumerate(jobs):
@@ -205,13 +211,16 @@ def judge_chunk(
     return [_row(entry, judge.model_id, cfg) for entry in judgements.values()]
 
 
-def _p_option_a(chats, judge, cfg: JudgingSettings, tokens: TokenCounter):
+def _p_option_a(chats, judge, cfg: JudgingSettings, tokens: TokenCounter, progress: Progress):
     """For each chat, P(option A) (None for an abstention), the rationale, and abstention."""
     n = len(chats)
     rationales: list[str | None] = [None] * n
+    # --cot: the rationales, then the scores, each half of the bar's share
+    steps = iter(progress.split(2 if cfg.cot else 1))
     if cfg.method == "generate" or cfg.cot:
         greedy = Sampling(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
-        outs = judge.generate(chats, greedy, [0] * n)
+        with tokens.timed("judge", judge):
+            outs = judge.generate(chats, greedy, [0] * n, on_done=next(steps).on_done(n))
         tokens.add_completions("judge", outs)
         rationales = [o.text for o in outs]
     if cfg.method == "generate":
@@ -227,7 +236,10 @@ def _p_option_a(chats, judge, cfg: JudgingSettings, tokens: TokenCounter):
         if cfg.cot
         else prompts.PREFERENCE_ANSWER_PREFIX
     )
-    scores = judge.score_options(chats, prompts.PREFERENCE_OPTIONS, answer_prefix=prefix)
+    with tokens.timed("judge", judge):
+        scores = judge.score_options(
+            chats, prompts.PREFERENCE_OPTIONS, answer_prefix=prefix, on_done=next(steps).on_done(n)
+        )
     tokens.add("judge", prompt_tokens=sum(s.prompt_tokens for s in scores))
     probs = [normalise(s.logprobs) for s in scores]
     if cfg.cot:
@@ -293,12 +305,19 @@ def label_row(record: PairRecord, pair: tuple[str, str], p: float, judgements, *
 
 
 def rating_scores(
-    chunk, judge, cfg: JudgingSettings, seed: int, constitution, tokens: TokenCounter
+    chunk,
+    judge,
+    cfg: JudgingSettings,
+    seed: int,
+    constitution,
+    tokens: TokenCounter,
+    progress: Progress | None = None,
 ) -> dict[str, dict[str, list[float]]]:
     """--method rating: {record id: {principle id: each response's score (1..9)}}, the whole
     chunk rated in one batch, so the digit prior is removed over all of it."""
     jobs = [job for record in chunk for job in judge_jobs(record, cfg, seed, constitution)]
-    ratings = rating.rate(judge, [job[-1] for job in jobs], tokens)
+    on_done = (progress or Progress()).on_done(len(jobs))
+    ratings = rating.rate(judge, [job[-1] for job in jobs], tokens, on_done=on_done)
     out: dict[str, dict[str, list[float]]] = {}
     for (record, principle, i, _), r in zip(jobs, ratings, strict=True):
         by = out.setdefault(record.id, {}).setdefault(

@@ -53,6 +53,7 @@ from rlaif.judging import (
 from rlaif.models import EMBEDDED_ALIAS
 from rlaif.options import option
 from rlaif.rating import best_and_worst
+from rlaif.stage import Progress
 from rlaif.stats import cohen_kappa, format_rate, kappa_interval, logit, sigmoid, too_few
 
 COMBINE = "mean log-odds"
@@ -161,13 +162,16 @@ def judge_chunk_jury(
     seed: int,
     constitution,
     tokens,
-    advance,
+    progress=None,
 ) -> list[dict]:
-    """One row per record of `chunk`, judged by every (role, engine) of `judges`."""
+    """One row per record of `chunk`, judged by every (role, engine) of `judges`, each judge
+    filling its share of `progress` (a `stage.Progress`) in turn."""
+    parts = (progress or Progress()).split(len(judges))
+    shares = {role: part for (role, _), part in zip(judges, parts, strict=True)}
     by_role: dict[str, list[dict]] = {}
     if cfg.method == "rating":
         scores = {
-            role: rating_scores(chunk, engine, cfg, seed, constitution, tokens)
+            role: rating_scores(chunk, engine, cfg, seed, constitution, tokens, shares[role])
             for role, engine in judges
         }
         by_role = {role: [] for role, _ in judges}
@@ -183,9 +187,8 @@ def judge_chunk_jury(
     else:
         for role, engine in judges:
             by_role[role] = judge_chunk(
-                chunk, engine, cfg, seed, constitution, tokens, lambda n: None
+                chunk, engine, cfg, seed, constitution, tokens, shares[role]
             )
-    advance(len(chunk))
     roles_ = [role for role, _ in judges]
     return [jury_row({role: by_role[role][i] for role in roles_}) for i in range(len(chunk))]
 
@@ -337,17 +340,17 @@ def stage_judges(judges: dict[str, Judge], engine: EngineSettings) -> dict:
     }
 
 
-def judge_records(stage, chunk, tokens, advance) -> list[dict]:
+def judge_records(stage, chunk, tokens, progress) -> list[dict]:
     """Label rows for `chunk` of a RecordStage whose config has `judges` and `judging`: from
     the judge, or from every judge of a jury."""
     cfg = stage.cfg
     if len(cfg.judges) > 1:
         judges = [(role, stage.engine(role)) for role in cfg.judges]
         return judge_chunk_jury(
-            chunk, judges, cfg.judging, cfg.seed, stage.constitution, tokens, advance
+            chunk, judges, cfg.judging, cfg.seed, stage.constitution, tokens, progress
         )
     judge = stage.engine("judge")
-    return judge_chunk(chunk, judge, cfg.judging, cfg.seed, stage.constitution, tokens, advance)
+    return judge_chunk(chunk, judge, cfg.judging, cfg.seed, stage.constitution, tokens, progress)
 
 
 def too_long_pairs(stage, records) -> list[str]:

@@ -182,12 +182,17 @@ def _calibrate(stage: RecordStage, references: list) -> dict:
         )
     tokens = TokenCounter()  # kept apart: the manifest's tokens measure the labelling itself
 
-    def process(chunk, advance):
-        return jury.judge_records(stage, chunk, tokens, advance)
+    def process(chunk, progress):
+        return jury.judge_records(stage, chunk, tokens, progress)
 
     output = STDIO if cfg.output == STDIO else str(work_dir(cfg.output) / "reference.jsonl")
     result = stage.run_chunks(
-        kept, process, output=output, description="judge reference", phase="calibration"
+        kept,
+        process,
+        unit="pair",
+        output=output,
+        description="judge reference",
+        phase="calibration",
     )
     p_raw, outcomes = reference_outcomes(result.rows)
     # No bias term: a row's p is for the response a seeded coin flip put first, so a bias would
@@ -228,10 +233,10 @@ def run(cfg: LabelConfig) -> dict:
 
         calibration = _calibrate(stage, references) if references is not None else None
 
-        def process(chunk, advance):
-            return jury.judge_records(stage, chunk, stage.tokens, advance)
+        def process(chunk, progress):
+            return jury.judge_records(stage, chunk, stage.tokens, progress)
 
-        result = stage.run_chunks(records, process)
+        result = stage.run_chunks(records, process, unit="pair")
         rows = result.rows
         if calibration:
             # Applied when publishing, so rows resumed from a partial file get it too.

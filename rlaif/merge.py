@@ -22,7 +22,7 @@ from rlaif.manifest import read_manifest
 from rlaif.options import option, output_option
 from rlaif.outputs import check_existing_output, refuse_output_as_input
 from rlaif.shard import Shard
-from rlaif.stage import publish
+from rlaif.stage import publish, throughput_of
 
 MERGEABLE_STAGES = ("generate", "sample", "label")
 # Settings that may differ between the shards of one job.
@@ -219,6 +219,8 @@ def merged_manifest(parts: list[ShardPart], rows: list[dict], output: str, start
         settings={**base.get("settings", {}), "output": output, "shard": None},
         counts=_sum(m.get("counts") or {} for m in manifests),
         tokens=_sum(m.get("tokens") or {} for m in manifests),
+        # each role's tokens over the shards' engine seconds together
+        throughput=_merged_throughput(m.get("throughput") or {} for m in manifests),
         started_at=min(m.get("started_at", "") for m in manifests),
         finished_at=max(m.get("finished_at", "") for m in manifests),
         # Machine time spent on the job; each shard's own wall time is in `shards`.
@@ -242,6 +244,14 @@ def _sum(dicts) -> dict:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 total[key] = total.get(key, 0) + value
     return total
+
+
+def _merged_throughput(throughputs) -> dict:
+    by_role: dict[str, list[dict]] = {}
+    for throughput in throughputs:
+        for role, figures in throughput.items():
+            by_role.setdefault(role, []).append(figures)
+    return throughput_of({role: _sum(figures) for role, figures in by_role.items()})
 
 
 def _shard_entry(part: ShardPart) -> dict:

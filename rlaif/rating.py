@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from rlaif import prompts
@@ -81,12 +82,16 @@ class Rating:
     score: float  # expected rating with the batch's digit prior removed, 1..9
 
 
-def rate(judge, chats: list, tokens=None, role: str = "judge") -> list[Rating]:
+def rate(judge, chats: list, tokens=None, role: str = "judge", on_done=None) -> list[Rating]:
     """Rate every chat (from `prompts.rating_chat`) in one engine call; the prior is removed
-    over all of them. `tokens`: a `TokenCounter` to count the judge's prompt tokens in."""
+    over all of them. `tokens`: a `TokenCounter` to count the judge's prompt tokens and engine
+    time in; `on_done`: the engine's progress callback (`base.Engine`)."""
     if not chats:
         return []
-    scored = judge.score_options(chats, prompts.RATING_OPTIONS, prompts.RATING_ANSWER_PREFIX)
+    with tokens.timed(role, judge) if tokens is not None else nullcontext():
+        scored = judge.score_options(
+            chats, prompts.RATING_OPTIONS, prompts.RATING_ANSWER_PREFIX, on_done=on_done
+        )
     if tokens is not None:
         tokens.add(role, prompt_tokens=sum(s.prompt_tokens for s in scored))
     raw = [digit_distribution(s.logprobs) for s in scored]

@@ -297,14 +297,17 @@ def _judge_refusals(stage: RecordStage, role: str, answers: list[str]) -> list[d
 
     by_id = dict(zip((r.id for r in stage.records), answers, strict=True))
 
-    def process(chunk, advance):
+    def process(chunk, progress):
         chats = [templates.refusal_chat(r.messages, by_id[r.id]) for r in chunk]
         judge = stage.engine("judge", share=1.0)
-        scored = judge.score_options(
-            chats, templates.REFUSAL_OPTIONS, templates.REFUSAL_ANSWER_PREFIX
-        )
+        with stage.tokens.timed("judge", judge):
+            scored = judge.score_options(
+                chats,
+                templates.REFUSAL_OPTIONS,
+                templates.REFUSAL_ANSWER_PREFIX,
+                on_done=progress.on_done(len(chunk)),
+            )
         stage.tokens.add("judge", prompt_tokens=sum(s.prompt_tokens for s in scored))
-        advance(len(chunk))
         rows = []
         for r, s in zip(chunk, scored, strict=True):
             yes, no = s.logprobs
@@ -315,7 +318,12 @@ def _judge_refusals(stage: RecordStage, role: str, answers: list[str]) -> list[d
 
     output = str(work_dir(stage.cfg.output) / f"judge-{role}.jsonl")
     result = stage.run_chunks(
-        stage.records, process, output=output, description=f"judge ({role})", phase=f"j-{role}"
+        stage.records,
+        process,
+        unit="answer",
+        output=output,
+        description=f"judge ({role})",
+        phase=f"j-{role}",
     )
     stage.close_engines()
     return result.rows

@@ -14,7 +14,7 @@ from rlaif.models import EMBEDDED_ALIAS
 from rlaif.options import option
 from rlaif.records import parse_prompt_records
 from rlaif.seeds import derived_seed
-from rlaif.stage import RecordStage, ShardedRecordSettings, TokenCounter
+from rlaif.stage import Progress, RecordStage, ShardedRecordSettings, TokenCounter
 
 
 @dataclass(kw_only=True)
@@ -64,13 +64,15 @@ class SampleConfig(ShardedRecordSettings):
             raise UserError("--top-p in (0, 1]; --max-new-tokens >= 1")
 
 
-def sample_chunk(chunk, engine, cfg: SampleConfig, tokens: TokenCounter, advance) -> list[dict]:
+def sample_chunk(
+    chunk, engine, cfg: SampleConfig, tokens: TokenCounter, progress: Progress
+) -> list[dict]:
     chats = [r.messages for r in chunk for _ in range(cfg.n)]
     seeds = [derived_seed(cfg.seed, "sample", r.id, k) for r in chunk for k in range(cfg.n)]
     sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-    outs = engine.generate(chats, sampling, seeds)
+    with tokens.timed("", engine):
+        outs = engine.generate(chats, sampling, seeds, on_done=progress.on_done(len(chats)))
     tokens.add_completions("", outs)  # one model: plain token counts
-    advance(len(chunk))
     rows = []
     for i, record in enumerate(chunk):
         texts = [o.text for o in outs[i * cfg.n : (i + 1) * cfg.n]]
@@ -110,10 +112,10 @@ def run(cfg: SampleConfig) -> dict:
         if stage.up_to_date:
             return stage.up_to_date
 
-        def process(chunk, advance):
-            return sample_chunk(chunk, stage.engine("policy"), cfg, stage.tokens, advance)
+        def process(chunk, progress):
+            return sample_chunk(chunk, stage.engine("policy"), cfg, stage.tokens, progress)
 
-        result = stage.run_chunks(stage.records, process)
+        result = stage.run_chunks(stage.records, process, unit="prompt")
         pair_rows, lines = [], []
         for record, row in zip(stage.records, result.rows, strict=True):
             pairs = pairs_of(row, cfg.one_row)

@@ -10,14 +10,21 @@ constitution, resolves the models for the engine, fingerprints the settings, bui
 the first time a chunk needs it (a resumed run with nothing left loads none) and closes them all
 when the block ends, however it ends. `run_chunks` saves each finished chunk so a crash loses at
 most one; `publish` writes the manifest and then the output, atomically.
+
+Progress: one bar on stderr per run of chunks, counting what the user counts (pairs, prompts),
+moved within a chunk as the engine finishes requests (`Progress`, the engines' `on_done`). At
+the end of a run that used an engine, one line per role gives its tokens per second of engine
+time, also in the manifest (`throughput`).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 from rlaif.engines import EngineSettings, result_settings
@@ -35,7 +42,8 @@ class RecordSettings:
 
     output: str = output_option()
     seed: int = option(0, help="Seed for principle sampling and generation.")
-    # the engine sees every record of a chunk at once; also the resume granularity
+    # the engine sees every record of a chunk at once (the bar still moves within one, as
+    # requests finish); also the resume granularity
     chunk_size: int = option(256, help="Records processed together and saved per step of progress.")
     force: bool = option(
         False, help="Discard an interrupted run with other settings.", flags=("--force",)
@@ -73,6 +81,52 @@ class ChunkedRun:
     resumed: int  # records taken from an interrupted run's partial file
 
 
+class Progress:
+    """A share of the progress bar, in records, that engine calls fill as requests finish.
+
+    `run_in_chunks` hands each chunk's `process_chunk` one covering the chunk. A chunk's work
+    of several engine calls divides it (`split`: generate's answers, critiques and revisions;
+    a jury's judges); each call takes `on_done(n_requests)` for the engine, which fills its
+    share a request at a time. The bar shows whole records: k of n records once k/n of the
+    work is done (a pair is 2 requests per principle, its orders; a generated prompt is
+    1 + 2 x rounds). Shares are fractions, so no rounding loses a record; whatever an engine
+    did not report is filled when the chunk ends. Without a bar (a library call) it does
+    nothing.
+    """
+
+    def __init__(self, bar=None, records: int | Fraction = 1, _root: Progress | None = None):
+        self._bar, self.share = bar, Fraction(records)
+        self._root = _root or self
+        self._filled = Fraction(0)  # on the root: the chunk's records done so far
+        self._shown = 0  # on the root: whole records the bar has been moved by
+
+    def split(self, parts: int) -> list[Progress]:
+        """`parts` equal shares of this one, one per engine call (or per judge)."""
+        return [Progress(self._bar, self.share / parts, self._root) for _ in range(parts)]
+
+    def on_done(self, requests: int) -> Callable[[int], None]:
+        """The engine's callback for one call of `requests` requests filling this share."""
+        left = [self.share]
+
+        def done(n: int) -> None:
+            step = min(left[0], self.share * n / max(requests, 1))
+            left[0] -= step
+            self._root._fill(step)
+
+        return done
+
+    def _fill(self, records: Fraction) -> None:
+        self._filled += records
+        whole = int(self._filled)
+        if self._bar is not None and whole > self._shown:
+            self._bar.update(whole - self._shown)
+            self._shown = whole
+
+    def finish(self) -> None:
+        """The whole share done (the chunk's work returned)."""
+        self._fill(self.share - self._filled)
+
+
 def run_in_chunks(
     *,
     output: str,
@@ -80,14 +134,15 @@ def run_in_chunks(
     force: bool,
     records: Sequence,
     chunk_size: int,
-    steps_per_record: int,
-    process_chunk: Callable[[list, Callable[[int], None]], list[dict]],
+    process_chunk: Callable[[list, Progress], list[dict]],
     description: str,
+    unit: str = "record",
 ) -> ChunkedRun:
     """Process `records` chunk by chunk, saving each finished chunk so a crash loses at most one.
 
-    `process_chunk(chunk, advance)` returns one row (with the record's `id`) per record and
-    calls `advance(n)` as engine work completes, for the progress bar.
+    `process_chunk(chunk, progress)` returns one row (with the record's `id`) per record and
+    passes `progress`'s callbacks to the engine (see `Progress`), so the bar, counting `unit`s,
+    moves as requests finish.
     """
     from tqdm import tqdm
 
@@ -98,15 +153,21 @@ def run_in_chunks(
         print(f"resuming: {resumed} of {len(records)} records already done", file=sys.stderr)
     pending = [r for r in records if r.id not in done]
     with tqdm(
-        total=len(pending) * steps_per_record,
+        total=len(pending),
         desc=description,
-        unit="step",
+        unit=unit,
+        # tqdm's default, with the unit after the counts: "18/40 pairs"
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit}s [{elapsed}<{remaining},"
+        " {rate_fmt}{postfix}]",
         file=sys.stderr,
         delay=1.0,  # a run that fails at once (a bad server, say) shows its error alone
         dynamic_ncols=True,
     ) as bar:
         for start in range(0, len(pending), chunk_size):
-            rows = process_chunk(pending[start : start + chunk_size], bar.update)
+            chunk = pending[start : start + chunk_size]
+            progress = Progress(bar, len(chunk))
+            rows = process_chunk(chunk, progress)
+            progress.finish()
             if partial:
                 partial.append(rows)
             done.update((row["id"], row) for row in rows)
@@ -128,19 +189,81 @@ def publish(output: str, rows: list[dict], manifest: dict) -> None:
 
 class TokenCounter:
     """Tokens the engines read and wrote, by role (`judge_prompt_tokens`, ...; a stage with one
-    model may leave the role out: `prompt_tokens`), for the manifest."""
+    model may leave the role out: `prompt_tokens`), and the seconds of engine calls they took
+    (`timed`), for the manifest and the throughput line."""
 
     def __init__(self):
         self.tokens: dict[str, int] = {}
+        self.engine_s: dict[str, float] = {}  # role -> seconds inside its engine calls
 
     def add(self, role: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
         for kind, n in (("prompt", prompt_tokens), ("completion", completion_tokens)):
-            key = f"{role}_{kind}_tokens" if role else f"{kind}_tokens"
+            key = _token_key(role, kind)
             self.tokens[key] = self.tokens.get(key, 0) + n
 
     def add_completions(self, role: str, completions) -> None:
         for c in completions:
             self.add(role, c.prompt_tokens, c.completion_tokens)
+
+    @contextmanager
+    def timed(self, role: str, engine=None) -> Iterator[None]:
+        """Count the wall time of the `engine` call inside as `role`'s, less any model load it
+        began with (a model loaded at its first use, `base.ModelsByUse`); a call that fails,
+        ending the stage, is not counted."""
+        loaded = getattr(engine, "load_s", 0.0)
+        started = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - started - (getattr(engine, "load_s", 0.0) - loaded)
+        self.engine_s[role] = self.engine_s.get(role, 0.0) + seconds
+
+    def throughput(self) -> dict[str, dict]:
+        """Per role that ran an engine call: its tokens over its engine seconds (see
+        `throughput_of`); the role of a one-model stage is named "model"."""
+        return throughput_of(
+            {
+                role or "model": {
+                    "prompt_tokens": self.tokens.get(_token_key(role, "prompt"), 0),
+                    "completion_tokens": self.tokens.get(_token_key(role, "completion"), 0),
+                    "engine_s": seconds,
+                }
+                for role, seconds in self.engine_s.items()
+            }
+        )
+
+
+def _token_key(role: str, kind: str) -> str:
+    return f"{role}_{kind}_tokens" if role else f"{kind}_tokens"
+
+
+def throughput_of(by_role: dict[str, dict]) -> dict[str, dict]:
+    """`by_role`'s prompt and completion tokens and engine seconds, with tokens_per_s: prompt
+    tokens read (prefilled or scored) plus tokens generated, per second of engine calls.
+    Engine seconds include what a call spends besides the model (rendering prompts, padding),
+    so this is what a stage gets, not the model's peak."""
+    out = {}
+    for role, t in by_role.items():
+        seconds = t["engine_s"]
+        tokens = t["prompt_tokens"] + t["completion_tokens"]
+        out[role] = {
+            "prompt_tokens": t["prompt_tokens"],
+            "completion_tokens": t["completion_tokens"],
+            "engine_s": round(seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+        }
+    return out
+
+
+def format_throughput(throughput: dict[str, dict]) -> str:
+    """One line per role: `judge: 512.3 tokens/s (48,210 prompt + 1,120 generated tokens in
+    96.3 s of engine time)`."""
+    lines = []
+    for role, t in throughput.items():
+        rate = "n/a" if t["tokens_per_s"] is None else f"{t['tokens_per_s']:,.1f}"
+        lines.append(
+            f"{role}: {rate} tokens/s ({t['prompt_tokens']:,} prompt + {t['completion_tokens']:,}"
+            f" generated tokens in {t['engine_s']:.1f} s of engine time)"
+        )
+    return "\n".join(lines)
 
 
 class RecordStage:
@@ -273,29 +396,32 @@ class RecordStage:
     def __enter__(self) -> RecordStage:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.close_engines()
+        if exc_type is None and self.tokens.engine_s:  # once, after all of the run's chunks
+            print(format_throughput(self.tokens.throughput()), file=sys.stderr)
 
     def run_chunks(
         self,
         records: Sequence,
-        process_chunk: Callable[[list, Callable[[int], None]], list[dict]],
+        process_chunk: Callable[[list, Progress], list[dict]],
         *,
-        steps_per_record: int = 1,
+        unit: str = "record",
         output: str | None = None,
         description: str | None = None,
         **fingerprint_extra,
     ) -> ChunkedRun:
-        """`run_in_chunks` with this run's fingerprint, into `output` (default: the stage's)."""
+        """`run_in_chunks` with this run's fingerprint, into `output` (default: the stage's);
+        the bar counts `unit`s ("pair", "prompt")."""
         return run_in_chunks(
             output=output or self.cfg.output,
             fingerprint=self.fingerprint(**fingerprint_extra),
             force=self.cfg.force,
             records=records,
             chunk_size=self.cfg.chunk_size,
-            steps_per_record=steps_per_record,
             process_chunk=process_chunk,
             description=description or self.name,
+            unit=unit,
         )
 
     def manifest(self, *, counts: dict, input_lines: list[int] | None = None, **extra) -> dict:
@@ -320,6 +446,8 @@ class RecordStage:
                 **extra,
                 **shard_fields,
                 "engine_dtypes": self.engine_dtypes(),
+                # tokens per second of engine time, by role (what `tokens` took)
+                "throughput": self.tokens.throughput(),
                 "fingerprint": self.fingerprint(),
             },
         )
@@ -354,17 +482,25 @@ def answer_records(stage: RecordStage, role: str, sampling, salt: str) -> list[s
     from the record id and `salt`, so every model answers a prompt with the same seed."""
     from rlaif.seeds import derived_seed
 
-    def process(chunk, advance):
+    def process(chunk, progress):
         seeds = [derived_seed(stage.cfg.seed, salt, r.id) for r in chunk]
         # The models answer one after the other, so each may take the whole accelerator.
-        outs = stage.engine(role, share=1.0).generate([r.messages for r in chunk], sampling, seeds)
+        engine = stage.engine(role, share=1.0)
+        with stage.tokens.timed(role, engine):
+            outs = engine.generate(
+                [r.messages for r in chunk], sampling, seeds, on_done=progress.on_done(len(chunk))
+            )
         stage.tokens.add_completions(role, outs)
-        advance(len(chunk))
         return [{"id": r.id, "text": o.text} for r, o in zip(chunk, outs, strict=True)]
 
     output = str(work_dir(stage.cfg.output) / f"{role}.jsonl")
     result = stage.run_chunks(
-        stage.records, process, output=output, description=f"answer ({role})", phase=role
+        stage.records,
+        process,
+        unit="prompt",
+        output=output,
+        description=f"answer ({role})",
+        phase=role,
     )
     stage.close_engines()
     return [row["text"] for row in result.rows]

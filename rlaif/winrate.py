@@ -204,14 +204,16 @@ def format_report(report: dict) -> str:
 def _judge(stage: RecordStage, pairs: list[PairRecord]) -> dict[str, dict]:
     cfg = stage.cfg
 
-    def process(chunk, advance):
+    def process(chunk, progress):
         judge = stage.engine("judge", share=1.0)
         return judge_chunk(
-            chunk, judge, cfg.judging, cfg.seed, stage.constitution, stage.tokens, advance
+            chunk, judge, cfg.judging, cfg.seed, stage.constitution, stage.tokens, progress
         )
 
     output = str(work_dir(cfg.output) / "labels.jsonl")
-    result = stage.run_chunks(pairs, process, output=output, description="judge", phase="judge")
+    result = stage.run_chunks(
+        pairs, process, unit="pair", output=output, description="judge", phase="judge"
+    )
     stage.close_engines()
     return {row["id"]: row for row in result.rows}
 

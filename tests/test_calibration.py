@@ -347,7 +347,7 @@ class FailingJudge:
     def __init__(self, fail_on: int | None = None):
         self.fail_on, self.calls, self.chats = fail_on, 0, 0
 
-    def score_options(self, chats, options, answer_prefix=""):
+    def score_options(self, chats, options, answer_prefix="", on_done=None):
         from rlaif.engines.base import OptionScores
 
         self.calls += 1

@@ -90,6 +90,35 @@ def test_option_variants_cover_spaced_and_bare_letters(embedded_model):
         option_token_ids(tokenizer, "Absolutely not a single token")
 
 
+def test_progress_callback_counts_every_request_and_changes_no_result(engine, monkeypatch):
+    """`on_done` reports each call's requests as they finish (the counts sum to them) and
+    leaves the batches, hence every answer and score, as they are without it."""
+    from dataclasses import replace
+
+    if engine.name == "hf":  # batches of 2: the callback comes per batch, several times
+        monkeypatch.setattr(engine, "settings", replace(engine.settings, batch_size=2))
+    chats = [chat("Tell me a word."), chat("Invent a name for a cat."), chat("Say hi.")]
+    hot = Sampling(max_new_tokens=6, temperature=1.0, top_p=1.0)
+    seeds = [3, 1, 4]
+    counts: list[int] = []
+    reported = engine.generate(chats, hot, seeds, on_done=counts.append)
+    assert sum(counts) == len(chats) and min(counts) > 0
+    if engine.name == "hf":
+        assert counts == [2, 1]
+    assert reported == engine.generate(chats, hot, seeds)
+
+    counts.clear()
+    scored = engine.score_options(chats, ["A", "B"], answer_prefix="(", on_done=counts.append)
+    assert sum(counts) == len(chats) and min(counts) > 0
+    plain = engine.score_options(chats, ["A", "B"], answer_prefix="(")
+    assert [s.prompt_tokens for s in scored] == [s.prompt_tokens for s in plain]
+    if engine.name == "hf":
+        assert scored == plain  # the same batches: the same floats
+    else:  # vLLM's second call reads the first one's prefix cache: another kernel path
+        for a, b in zip(scored, plain, strict=True):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
 def test_prompts_that_cannot_fit_fail_with_one_clear_error(engine):
     from rlaif.errors import UserError
 

@@ -115,9 +115,7 @@ def test_cohen_kappa_by_hand():
 
 def jury_rows(judges, records, **cfg):
     settings = JudgingSettings(**cfg)
-    return jury.judge_chunk_jury(
-        records, judges, settings, 0, CONSTITUTION, TokenCounter(), lambda n: None
-    )
+    return jury.judge_chunk_jury(records, judges, settings, 0, CONSTITUTION, TokenCounter())
 
 
 def test_a_two_judge_jury_on_scripted_judges():

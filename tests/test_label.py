@@ -29,7 +29,7 @@ class TableJudge:
         self.p_a_when_first = p_a_when_first
         self.verdict_text = verdict_text
 
-    def score_options(self, chats, options, answer_prefix=""):
+    def score_options(self, chats, options, answer_prefix="", on_done=None):
         out = []
         for chat in chats:
             text = chat[-1]["content"]
@@ -38,7 +38,7 @@ class TableJudge:
             out.append(OptionScores([math.log(p), math.log(1 - p)], 10))
         return out
 
-    def generate(self, chats, sampling, seeds):
+    def generate(self, chats, sampling, seeds, on_done=None):
         return [Completion(self.verdict_text, 10, 1) for _ in chats]
 
 
@@ -53,7 +53,7 @@ def judge_one(rec, judge, **cfg):
     from rlaif.constitution import load_constitution, resolve_constitution_path
 
     constitution = load_constitution(resolve_constitution_path("harmless"))
-    [row] = judge_chunk([rec], judge, config, seed, constitution, TokenCounter(), lambda n: None)
+    [row] = judge_chunk([rec], judge, config, seed, constitution, TokenCounter())
     return row
 
 
@@ -262,14 +262,14 @@ def test_cot_and_generate_methods_on_the_real_judge(engine_by_name):
     constitution = load_constitution(resolve_constitution_path("harmless"))
     records = first_hh_pairs(3)
     cot = JudgingSettings(cot=True, max_new_tokens=24)
-    rows = judge_chunk(records, judge, cot, 0, constitution, TokenCounter(), lambda n: None)
+    rows = judge_chunk(records, judge, cot, 0, constitution, TokenCounter())
     for row in rows:
         [j] = row["judgements"]
         assert 0.4 <= j["p_ab"] <= 0.6 and 0.4 <= j["p_ba"] <= 0.6
         assert j["rationale_ab"] and j["rationale_ba"]
     generated = JudgingSettings(method="generate", max_new_tokens=8)
     counter = TokenCounter()
-    rows = judge_chunk(records, judge, generated, 0, constitution, counter, lambda n: None)
+    rows = judge_chunk(records, judge, generated, 0, constitution, counter)
     for row in rows:
         [j] = row["judgements"]
         for p in (j["p_ab"], j["p_ba"]):

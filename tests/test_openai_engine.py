@@ -214,6 +214,24 @@ def test_results_keep_input_order_with_bounded_concurrency(fake):
     assert sorted(b["seed"] for b in api.bodies) == list(range(10))
 
 
+def test_progress_comes_per_response_on_the_calling_thread(fake):
+    api = fake(respond=lambda body: reply(body["messages"][0]["content"]), delay_s=0.02)
+    engine = api.engine(max_concurrency=3)
+    calls: list[tuple[int, object]] = []
+
+    def on_done(n):
+        calls.append((n, threading.current_thread()))
+
+    outs = engine.generate([chat(str(i)) for i in range(7)], GREEDY, list(range(7)), on_done)
+    assert [o.text for o in outs] == [str(i) for i in range(7)]
+    assert [n for n, _ in calls] == [1] * 7
+    assert {thread for _, thread in calls} == {threading.current_thread()}
+    calls.clear()
+    api.respond = lambda body: reply(top=[("A", -0.1), ("B", -2.5)])
+    engine.score_options([chat("Q")], ["A", "B"], on_done=on_done)  # one request: no threads
+    assert [n for n, _ in calls] == [1]
+
+
 def test_scoring_puts_the_prefix_in_the_assistant_turn(fake):
     api = fake([reply("A", top=[("A", -0.5), (" A", -2.0), ("B", -1.5), ("C", -4.0)])])
     engine = api.engine()

@@ -42,7 +42,7 @@ class RatingTable:
         self.table = logprobs_by_response
         self.calls = 0
 
-    def score_options(self, chats, options, answer_prefix=""):
+    def score_options(self, chats, options, answer_prefix="", on_done=None):
         assert tuple(options) == tuple("123456789") and answer_prefix == "Rating: "
         self.calls += 1
         out = []
@@ -61,7 +61,7 @@ def rate_rows(records, judge, **cfg):
     seed = cfg.pop("seed", 0)
     tokens = TokenCounter()
     rows = judge_chunk(records, judge, JudgingSettings(method="rating", **cfg), seed,
-                       CONSTITUTION, tokens, lambda n: None)  # fmt: skip
+                       CONSTITUTION, tokens)  # fmt: skip
     return rows, tokens
 
 
@@ -264,7 +264,7 @@ def test_winrate_reads_every_verdict_from_the_policys_side():
     records = [record(("policy says", "baseline says"), rid=f"r{i}") for i in range(12)]
     for judge, method in ((pairwise, "probabilities"), (scored, "rating")):
         settings = JudgingSettings(method=method)
-        rows = judge_chunk(records, judge, settings, 0, CONSTITUTION, TokenCounter(), print)
+        rows = judge_chunk(records, judge, settings, 0, CONSTITUTION, TokenCounter())
         assert {r["responses"][0] for r in rows} == {"policy says", "baseline says"}
         for row in rows:
             seen = winrate.policy_first(row, "policy says")

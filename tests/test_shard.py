@@ -137,6 +137,14 @@ def fake_shard(tmp_path: Path, index: int, count: int, name=None, **changes) -> 
         input_lines=[line for line, _ in mine],
         counts={"records": len(mine), "resumed": 0, "labelled": len(mine)},
         tokens={"judge_prompt_tokens": 100 * len(mine)},
+        throughput={
+            "judge": {
+                "prompt_tokens": 100 * len(mine),
+                "completion_tokens": 0,
+                "engine_s": 10.0,
+                "tokens_per_s": 10.0 * len(mine),
+            }
+        },
     )
     for key, value in changes.items():
         section, _, inner = key.partition("__")
@@ -160,6 +168,15 @@ def test_merge_puts_rows_back_in_input_order_and_sums_counts(tmp_path):
     assert manifest["tokens"] == {"judge_prompt_tokens": 1200}
     assert [s["index"] for s in manifest["shards"]] == [1, 2, 3]
     assert manifest["wall_time_s"] == 180.0
+    # the shards' tokens over their engine seconds together, not the first shard's figure
+    assert manifest["throughput"] == {
+        "judge": {
+            "prompt_tokens": 1200,
+            "completion_tokens": 0,
+            "engine_s": 30.0,
+            "tokens_per_s": 40.0,
+        }
+    }
     assert manifest["settings"]["output"] == str(out) and manifest["settings"]["shard"] is None
     assert "shard" not in manifest and "input_lines" not in manifest
     assert manifest["diagnostics"]["pairs"] == 12  # over all rows, not one shard's

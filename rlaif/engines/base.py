@@ -3,16 +3,27 @@
 Both operations take whole batches so that each implementation can schedule them its own way
 (vLLM continuous batching, transformers length-sorted padding). Prompts are rendered with the
 model's own chat template by one function here, so every engine sees the same tokens.
+
+Progress within a call comes from the engine itself: both operations take `on_done(n)`, called
+as n more requests finish (vLLM per request, transformers per batch, a server per response).
+Why a callback rather than stages sending a chunk in smaller calls: a call's requests are what
+an engine batches together. Smaller calls would let vLLM's continuous batch drain, half empty,
+at the end of each one, and would regroup the transformers engine's length-sorted batches,
+whose sampling is seeded per batch (`hf_engine`): answers would change with the calls' size.
+With a callback the batches, and so the results, stay as they were.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 Chat = list[dict[str, str]]
+# Called with the number of requests just finished; the counts of one call sum to its requests.
+OnDone = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -42,17 +53,27 @@ class Engine(Protocol):
     model_id: str
 
     def generate(
-        self, chats: Sequence[Chat], sampling: Sampling, seeds: Sequence[int]
+        self,
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        seeds: Sequence[int],
+        on_done: OnDone | None = None,
     ) -> list[Completion]:
-        """One completion per chat; `seeds[i]` makes chat i's sampling reproducible."""
+        """One completion per chat; `seeds[i]` makes chat i's sampling reproducible. `on_done`:
+        called on the calling thread as requests finish (see the module); it changes nothing
+        that is computed."""
         ...
 
     def score_options(
-        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str | Sequence[str] = ""
+        self,
+        chats: Sequence[Chat],
+        options: Sequence[str],
+        answer_prefix: str | Sequence[str] = "",
+        on_done: OnDone | None = None,
     ) -> list[OptionScores]:
         """For each chat, the log-probability that the assistant's reply, after `answer_prefix`
         (one for all chats, or one per chat), starts with each option (summed over the
-        tokenizer's variants of it, e.g. `A` and ` A`)."""
+        tokenizer's variants of it, e.g. `A` and ` A`). `on_done`: as for `generate`."""
         ...
 
     def close(self) -> None: ...
@@ -60,6 +81,10 @@ class Engine(Protocol):
     # The dtype each use ran in so far, e.g. {"score": "bfloat16"}: the manifest records it.
     @property
     def dtypes(self) -> dict[str, str]: ...
+
+    # Seconds spent loading models so far (some load at their first use, inside a call).
+    @property
+    def load_s(self) -> float: ...
 
 
 class ModelsByUse:
@@ -80,8 +105,15 @@ class ModelsByUse:
         self._wanted = wanted  # use -> dtype
         self._loaded: dict[str, tuple[Any, str]] = {}
         self.used: dict[str, str] = {}  # use -> the dtype it ran in
+        # Seconds spent loading so far: a load inside a call is not the call's throughput.
+        self.load_s = 0.0
         if len(set(wanted.values())) == 1:
-            self._loaded[next(iter(wanted.values()))] = load(next(iter(wanted.values())))
+            self._load_timed(next(iter(wanted.values())))
+
+    def _load_timed(self, dtype: str) -> None:
+        started = time.perf_counter()
+        self._loaded[dtype] = self._load(dtype)
+        self.load_s += time.perf_counter() - started
 
     def __call__(self, use: str):
         """The model for `use` ("generate" or "score")."""
@@ -90,7 +122,7 @@ class ModelsByUse:
             if use == "score" and self._loaded:
                 dtype = next(iter(self._loaded))
             else:
-                self._loaded[dtype] = self._load(dtype)
+                self._load_timed(dtype)
         model, actual = self._loaded[dtype]
         self.used[use] = actual
         return model

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 
 from rlaif.engines import base
-from rlaif.engines.base import Chat, Completion, OptionScores, Sampling
+from rlaif.engines.base import Chat, Completion, OnDone, OptionScores, Sampling
 
 
 class HFEngine:
@@ -50,6 +50,10 @@ class HFEngine:
     def dtypes(self) -> dict[str, str]:
         return dict(self.models.used)
 
+    @property
+    def load_s(self) -> float:
+        return self.models.load_s
+
     def _batches(self, prompts: list[list[int]]):
         """Indices grouped into batches of similar length, so little compute goes to padding."""
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -69,7 +73,11 @@ class HFEngine:
         return ids.to(self.device), mask.to(self.device)
 
     def generate(
-        self, chats: Sequence[Chat], sampling: Sampling, seeds: Sequence[int]
+        self,
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        seeds: Sequence[int],
+        on_done: OnDone | None = None,
     ) -> list[Completion]:
         import torch
 
@@ -99,10 +107,16 @@ class HFEngine:
                 n_tokens = next((k + 1 for k, t in enumerate(new) if t in eos_ids), len(new))
                 text = self.tokenizer.decode(new[:n_tokens], skip_special_tokens=True)
                 results[i] = Completion(text.strip(), len(prompts[i]), n_tokens)
+            if on_done:
+                on_done(len(batch))
         return results  # type: ignore[return-value]
 
     def score_options(
-        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str | Sequence[str] = ""
+        self,
+        chats: Sequence[Chat],
+        options: Sequence[str],
+        answer_prefix: str | Sequence[str] = "",
+        on_done: OnDone | None = None,
     ) -> list[OptionScores]:
         import torch
 
@@ -127,6 +141,8 @@ class HFEngine:
                     base.logsumexp([logprobs[row, t].item() for t in ids_]) for ids_ in variants
                 ]
                 results[i] = OptionScores(scores, len(prompts[i]))
+            if on_done:
+                on_done(len(batch))
         return results  # type: ignore[return-value]
 
     def _eos_ids(self, model) -> set[int]:

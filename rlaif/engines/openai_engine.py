@@ -25,11 +25,19 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rlaif.engines.base import Chat, Completion, OptionScores, Sampling, logsumexp, per_chat
+from rlaif.engines.base import (
+    Chat,
+    Completion,
+    OnDone,
+    OptionScores,
+    Sampling,
+    logsumexp,
+    per_chat,
+)
 from rlaif.engines.fleet import ServerPool
 from rlaif.errors import UserError
 
@@ -69,27 +77,41 @@ class OpenAIEngine:
     # -- the Engine interface ------------------------------------------------------------------
 
     def generate(
-        self, chats: Sequence[Chat], sampling: Sampling, seeds: Sequence[int]
+        self,
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        seeds: Sequence[int],
+        on_done: OnDone | None = None,
     ) -> list[Completion]:
         if len(seeds) != len(chats):
             raise ValueError(f"{len(seeds)} seeds for {len(chats)} chats")
         return self._in_order(
             lambda job: self._generate_one(job[0], sampling, job[1]),
             list(zip(chats, seeds, strict=True)),
+            on_done,
         )
 
     def score_options(
-        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str | Sequence[str] = ""
+        self,
+        chats: Sequence[Chat],
+        options: Sequence[str],
+        answer_prefix: str | Sequence[str] = "",
+        on_done: OnDone | None = None,
     ) -> list[OptionScores]:
         prefixes = per_chat(answer_prefix, len(chats))
         return self._in_order(
             lambda job: self._score_one(job[0], options, job[1]),
             list(zip(chats, prefixes, strict=True)),
+            on_done,
         )
 
     @property
     def dtypes(self) -> dict[str, str]:
         return {}  # the server's own choice
+
+    @property
+    def load_s(self) -> float:
+        return 0.0  # the server loaded its model before we came
 
     def close(self) -> None:
         self.client.close()
@@ -254,14 +276,25 @@ class OpenAIEngine:
             delay = max(delay, min(retry_after, MAX_BACKOFF_S))
         return delay
 
-    def _in_order(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
+    def _in_order(
+        self, fn: Callable[[T], R], items: list[T], on_done: OnDone | None = None
+    ) -> list[R]:
         """`fn` over `items` with at most max_concurrency requests in flight, results in input
-        order; the first failure cancels the requests not yet sent."""
+        order; the first failure cancels the requests not yet sent. `on_done(1)` per response,
+        on this thread, as they come."""
+        report = on_done or (lambda n: None)
         if len(items) <= 1:
-            return [fn(item) for item in items]
+            results = []
+            for item in items:
+                results.append(fn(item))
+                report(1)
+            return results
         with ThreadPoolExecutor(min(self.pool.capacity, len(items))) as pool:
             futures = [pool.submit(fn, item) for item in items]
             try:
+                for future in as_completed(futures):
+                    future.result()  # a failure, as soon as it happens
+                    report(1)
                 return [f.result() for f in futures]
             except BaseException:
                 for f in futures:

