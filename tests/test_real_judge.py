@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import DATA, rlaif_cmd
@@ -33,13 +34,20 @@ def judge_site(tmp_path_factory):
     return site
 
 
+@pytest.fixture(scope="module")
+def judge_env(judge_site, tmp_path_factory):
+    """Where the wheels are, and one cache for the module's tests: the conversion runs once."""
+    home = tmp_path_factory.mktemp("judge-home")
+    return {**os.environ, "PYTHONPATH": str(judge_site), "RLAIF_HOME": str(home)}
+
+
 @pytest.mark.slow
-def test_the_real_judge_is_verified_and_judges_with_signal(judge_site, tmp_path, isolated_home):
+def test_the_real_judge_is_verified_and_judges_with_signal(judge_env, tmp_path):
     rows = [json.loads(line) for line in (DATA / "xstest-dev.jsonl").read_text().splitlines()]
     chosen = [r for r in rows if not r["unsafe"]][:PAIRS] + [r for r in rows if r["unsafe"]][:PAIRS]
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in chosen))
-    env = {**os.environ, "PYTHONPATH": str(judge_site), "RLAIF_HOME": str(isolated_home)}
+    env = judge_env
     card = tmp_path / "card.json"
     done = subprocess.run(
         rlaif_cmd("eval", "judge", str(pairs), "-m", QWEN_CODER_JUDGE.alias, "--group-by",
@@ -50,8 +58,50 @@ def test_the_real_judge_is_verified_and_judges_with_signal(judge_site, tmp_path,
     diagnostics = json.loads(card.read_text())
     consistency = diagnostics["position_consistency"]
     assert consistency >= 0.6, diagnostics  # the embedded judge: 0.22-0.25 on XSTest
-    converted = list((isolated_home / "models").glob(f"{QWEN_CODER_JUDGE.alias}-*-bfloat16"))
+    converted = list(
+        (Path(env["RLAIF_HOME"]) / "models").glob(f"{QWEN_CODER_JUDGE.alias}-*-bfloat16")
+    )
     assert len(converted) == 1 and not list(converted[0].glob("*.gguf"))
     assert json.loads((converted[0] / "rlaif-source.json").read_text())["sha256"] == (
         QWEN_CODER_JUDGE.sha256
     )
+
+
+def _words(text: str) -> set[str]:
+    return {
+        w for w in "".join(c.lower() if c.isalnum() else " " for c in text).split() if len(w) > 3
+    }
+
+
+@pytest.mark.slow
+def test_the_real_judges_revisions_answer_their_own_prompts(judge_env, tmp_path):
+    """The failure this guards against: revisions that were the constitution's worked example
+    word for word, or that answered no prompt at all."""
+    from rlaif import prompts
+    from rlaif.constitution import load_constitution, resolve_constitution_path
+
+    source = tmp_path / "prompts.jsonl"
+    recipe_prompts = DATA.parents[1] / "examples" / "harmless" / "prompts.jsonl"
+    source.write_text("".join(recipe_prompts.read_text().splitlines(True)[:6]))
+    out = tmp_path / "revisions.jsonl"
+    done = subprocess.run(
+        rlaif_cmd("generate", str(source), "-o", str(out), "-m", "smollm2-135m-instruct",
+                  "--judge-model", QWEN_CODER_JUDGE.alias, "--rounds", "1",
+                  "--max-new-tokens", "96"),
+        capture_output=True, text=True, timeout=1800, env=judge_env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    examples = load_constitution(resolve_constitution_path("harmless")).examples
+    asked = [_words(r["prompt"][-1]["content"]) for r in rows]
+    about_own = 0
+    for i, row in enumerate(rows):
+        revision = row["revisions"][0]["revision"]
+        assert revision and not prompts.copies_example(revision, examples), row
+        # about its own prompt: it shares more of that prompt's words than of any other's
+        # (measured with 96 tokens: 20 of the 24 recipe prompts, 3 of these 6; word overlap
+        # misses on-topic answers in other words, e.g. "Reach out to the person involved".
+        # The first design: 3 of 8 were the worked example's words, most answered no prompt)
+        own = len(_words(revision) & asked[i])
+        about_own += own > max(len(_words(revision) & a) for j, a in enumerate(asked) if j != i)
+    assert about_own >= 3, [r["revisions"][0]["revision"] for r in rows]
