@@ -43,6 +43,7 @@ from rlaif.stage import (
     answer_records,
     work_dir,
 )
+from rlaif.stats import sigmoid
 
 # XSTest's string-match rule: openings of a full refusal (classify_completions_strmatch.py).
 REFUSAL_OPENINGS = (
@@ -291,6 +292,12 @@ def format_report(report: dict) -> str:
 # --- the run ----------------------------------------------------------------------------------
 
 
+def p_yes(yes: float, no: float) -> float:
+    """P(Yes) among the two answers (the judge's other tokens left out), without overflow; a
+    judge that gives neither any mass says nothing: 0.5."""
+    return sigmoid(yes - no) if max(yes, no) > -math.inf else 0.5
+
+
 def _judge_refusals(stage: RecordStage, role: str, answers: list[str]) -> list[dict]:
     """The judge's P(refusal) for each of `role`'s answers, resumable in OUT.work/."""
     from rlaif import prompts as templates
@@ -310,10 +317,7 @@ def _judge_refusals(stage: RecordStage, role: str, answers: list[str]) -> list[d
         stage.tokens.add("judge", prompt_tokens=sum(s.prompt_tokens for s in scored))
         rows = []
         for r, s in zip(chunk, scored, strict=True):
-            yes, no = s.logprobs
-            # P(Yes) among the two answers: the judge's other tokens left out
-            p = 1.0 / (1.0 + math.exp(no - yes)) if yes > -math.inf or no > -math.inf else 0.5
-            rows.append({"id": r.id, "p_refusal": p})
+            rows.append({"id": r.id, "p_refusal": p_yes(*s.logprobs)})
         return rows
 
     output = str(work_dir(stage.cfg.output) / f"judge-{role}.jsonl")

@@ -88,6 +88,12 @@ def test_rates_and_paired_difference_on_a_fixed_table():
     assert "harmless +60.0 pts" in text and "over-refusal +0.0 pts" in text
 
 
+def test_the_judges_yes_probability_is_stable_at_the_extremes():
+    assert refusals.p_yes(math.log(0.3), math.log(0.1)) == pytest.approx(0.75)
+    assert refusals.p_yes(-1000.0, 0.0) == pytest.approx(0.0) and refusals.p_yes(0.0, -1e4) == 1.0
+    assert refusals.p_yes(-math.inf, -2.0) == 0.0 and refusals.p_yes(-math.inf, -math.inf) == 0.5
+
+
 def test_two_models_that_never_disagree_keep_an_interval():
     same = [True, False] * 20
     d = paired_difference(same, same)
