@@ -199,13 +199,16 @@ def test_engines_agree_on_probabilities(labelled):
 
 
 def test_the_weak_judge_is_revealed(labelled):
-    """The embedded judge picks one position almost always (with our prompt: the second one);
-    the diagnostics must say so, not hide it."""
+    """The embedded judge's verdicts mostly follow the position, not the response, and agree
+    with the references at chance; the diagnostics must say so, not hide it. (With the prompt
+    that tells the judge refusing a harmless request is a failure, measured on these 40 pairs
+    with hf: the same response in both orders 32.5%, first position 33.8%, agreement 45.0%;
+    before it, first position under 20%.)"""
     for engine in labelled:
         diag = labelled[engine][1]["diagnostics"]
-        assert abs(diag["first_position_rate"] - 0.5) > 0.3
         assert diag["position_consistency"] < 0.5
-        assert any("option in" in w for w in diag["warnings"])
+        assert any("picks a position" in w or "option in" in w for w in diag["warnings"])
+        assert any("not above chance" in w for w in diag["warnings"])
 
 
 def test_output_loads_in_datasets_and_trains_a_reward_model(labelled, embedded_model, tmp_path):
