@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from rlaif.diagnostics import wilson_interval
 from rlaif.engines import EngineSettings, Sampling
 from rlaif.errors import UserError, at
-from rlaif.options import group, option, output_option
+from rlaif.options import option, output_option
 from rlaif.records import parse_prompt_records
 from rlaif.stage import (
-    LOCAL_ENGINE_OPTIONS,
     RecordSettings,
     RecordStage,
     answer_records,
+    local_engines,
     work_dir,
 )
 from rlaif.stats import sigmoid
@@ -144,12 +144,7 @@ class RefusalsConfig(RecordSettings):
     )
     # XSTest's rule reads only an answer's opening; a judge reads the rest too
     max_new_tokens: int = option(64, help="Longest answer (greedy).")
-    engine: EngineSettings = group(
-        EngineSettings,
-        only=LOCAL_ENGINE_OPTIONS,
-        help={"engine": "Inference engine: auto (vLLM if installed), vllm or hf."},
-        choices={"engine": ("auto", "vllm", "hf")},
-    )
+    engine: EngineSettings = local_engines()
 
     def __post_init__(self):
         super().__post_init__()
@@ -157,11 +152,6 @@ class RefusalsConfig(RecordSettings):
             raise UserError("--max-new-tokens must be at least 1")
         if self.output == "-":
             raise UserError("-o: refusals keeps intermediate files beside its output; give a path")
-        if self.engine.engine == "openai":
-            raise UserError(
-                "eval refusals runs its models here (--engine vllm or hf); --engine openai is"
-                " for generate, sample and label"
-            )
 
 
 # --- the figures ------------------------------------------------------------------------------

@@ -464,17 +464,24 @@ def work_dir(output: str) -> Path:
     return Path(output).with_name(Path(output).name + ".work")
 
 
-# The engine options of a stage that runs several models here, one after the other (eval
-# winrate, eval refusals): one server answers with one model, so --engine openai is not offered.
-LOCAL_ENGINE_OPTIONS = (
-    "engine",
-    "tensor_parallel_size",
-    "gpu_memory_utilization",
-    "max_model_len",
-    "batch_size",
-    "trust_remote_code",
-    "dtype",
-)
+def local_engines():
+    """The engine options of a stage that runs several models here, one after the other (eval
+    winrate, eval refusals): one server answers with one model, so --engine openai is not
+    offered."""
+    return group(
+        EngineSettings,
+        only=(
+            "engine",
+            "tensor_parallel_size",
+            "gpu_memory_utilization",
+            "max_model_len",
+            "batch_size",
+            "trust_remote_code",
+            "dtype",
+        ),
+        help={"engine": "Inference engine: auto (vLLM if installed), vllm or hf."},
+        choices={"engine": ("auto", "vllm", "hf")},
+    )
 
 
 def answer_records(stage: RecordStage, role: str, sampling, salt: str) -> list[str]:

@@ -35,10 +35,10 @@ from rlaif.options import group, option, output_option
 from rlaif.pairs import PairRecord
 from rlaif.records import parse_prompt_records
 from rlaif.stage import (
-    LOCAL_ENGINE_OPTIONS,
     RecordSettings,
     RecordStage,
     answer_records,
+    local_engines,
     work_dir,
 )
 
@@ -78,12 +78,7 @@ class WinrateConfig(RecordSettings):
     temperature: float = option(0.0, help="Sampling temperature for both models (0: greedy).")
     top_p: float = option(1.0, help="Nucleus sampling mass.")
     # One server answers with one model; the policy, baseline and judge run here.
-    engine: EngineSettings = group(
-        EngineSettings,
-        only=LOCAL_ENGINE_OPTIONS,
-        help={"engine": "Inference engine: auto (vLLM if installed), vllm or hf."},
-        choices={"engine": ("auto", "vllm", "hf")},
-    )
+    engine: EngineSettings = local_engines()
 
     def __post_init__(self):
         super().__post_init__()
