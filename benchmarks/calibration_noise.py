@@ -4,8 +4,8 @@ Each judge gives the log-odds x = logit(p_raw) that responses[0] is preferred, f
 pairs whose preferred slot y is a fair coin (as in `rlaif label`, where a seeded coin flip
 puts one response first). Chance judges draw x independent of y; judges with signal draw
 x = ±c + noise, the sign following y. For each judge, each reference-set size n and each seed,
-the calibration is fitted as `rlaif label` fits it (rlaif.calibration.calibrate, no bias term,
-5 folds) and judged two ways:
+the calibration is fitted as `rlaif label` fits it
+(rlaif.judging.calibration.calibrate, no bias term, 5 folds) and judged two ways:
 
   old   the rule before the held-out gate: the maximum-likelihood fit when the in-sample
         likelihood-ratio test of a = 0 gives p < 0.05, else a = 0
@@ -38,9 +38,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from rlaif.calibration import PlattFit, calibrate, null_fit  # noqa: E402
-from rlaif.seeds import derived_seed  # noqa: E402
-from rlaif.stats import sigmoid  # noqa: E402
+from rlaif.judging.calibration import PlattFit, calibrate, null_fit  # noqa: E402
+from rlaif.plumbing.seeds import derived_seed  # noqa: E402
+from rlaif.plumbing.stats import sigmoid  # noqa: E402
 
 FOLDS = 5
 OLD_P_VALUE = 0.05  # the likelihood-ratio level of the rule before the held-out gate

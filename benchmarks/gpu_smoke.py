@@ -25,17 +25,17 @@ DEV_PAIRS = [
 
 # The Config behind each stage command (as registered in rlaif/cli.py), "module:class".
 STAGE_CONFIGS = {
-    ("generate",): "rlaif.generate:GenerateConfig",
-    ("sample",): "rlaif.sample:SampleConfig",
-    ("label",): "rlaif.label:LabelConfig",
-    ("merge",): "rlaif.merge:MergeConfig",
-    ("train-rm",): "rlaif.train_rm:TrainRMConfig",
-    ("sft",): "rlaif.sft:SFTConfig",
-    ("dpo",): "rlaif.dpo:DPOConfig",
-    ("rl",): "rlaif.rl:RLConfig",
-    ("score",): "rlaif.score:ScoreConfig",
-    ("eval", "rm"): "rlaif.score:EvalRMConfig",
-    ("eval", "winrate"): "rlaif.winrate:WinrateConfig",
+    ("generate",): "rlaif.stages.generate:GenerateConfig",
+    ("sample",): "rlaif.stages.sample:SampleConfig",
+    ("label",): "rlaif.stages.label:LabelConfig",
+    ("merge",): "rlaif.stages.merge:MergeConfig",
+    ("train-rm",): "rlaif.stages.train_rm:TrainRMConfig",
+    ("sft",): "rlaif.stages.sft:SFTConfig",
+    ("dpo",): "rlaif.stages.dpo:DPOConfig",
+    ("rl",): "rlaif.stages.rl:RLConfig",
+    ("score",): "rlaif.stages.score:ScoreConfig",
+    ("eval", "rm"): "rlaif.stages.score:EvalRMConfig",
+    ("eval", "winrate"): "rlaif.stages.eval_winrate:WinrateConfig",
 }
 
 # Dense bf16 tensor-core TFLOP/s (no sparsity) from the vendors' data sheets, matched in this
@@ -61,14 +61,13 @@ def check(args: list[str]) -> int:
     import importlib
 
     import typer
-    from typer._click import Context  # typer 0.29 vendors click (as rlaif/commands.py uses)
-    from typer._click import exceptions as click_errors
     from typer.core import TyperGroup
 
     from rlaif.cli import app
-    from rlaif.config import merged_params
-    from rlaif.errors import UserError
-    from rlaif.options import build_config
+    from rlaif.plumbing.config import merged_params
+    from rlaif.plumbing.errors import UserError
+    from rlaif.plumbing.internals import click_errors
+    from rlaif.plumbing.options import build_config
 
     command = typer.main.get_command(app)
     path: list[str] = []
@@ -76,7 +75,7 @@ def check(args: list[str]) -> int:
     while isinstance(command, TyperGroup):
         if not rest or rest[0].startswith("-"):
             return _fail(f"`rlaif {' '.join(path)}` needs a command name")
-        sub = command.get_command(Context(command), rest[0])
+        sub = command.get_command(typer.Context(command), rest[0])
         if sub is None:
             return _fail(f"no such command: rlaif {' '.join([*path, rest[0]])}")
         path.append(rest.pop(0))
@@ -88,7 +87,7 @@ def check(args: list[str]) -> int:
     try:
         ctx = command.make_context("rlaif " + " ".join(path), rest)
         build_config(config_cls, merged_params(ctx))
-    except click_errors.ClickException as e:
+    except click_errors().ClickException as e:
         return _fail(f"rlaif {' '.join(path)}: {e.format_message()}")
     except UserError as e:
         return _fail(f"rlaif {' '.join(path)}: {e}")
@@ -122,8 +121,8 @@ def write_pairs(out: str, n: int) -> None:
         extra += 1
     Path(out).write_text("".join(json.dumps(r) + "\n" for r in rows[:n]))
     # Read back with rlaif's own parser: n valid pairs, ids and contents all distinct.
-    from rlaif.files import read_jsonl
-    from rlaif.pairs import parse_pair_records
+    from rlaif.plumbing.files import read_jsonl
+    from rlaif.plumbing.pairs import parse_pair_records
 
     records = parse_pair_records(out, read_jsonl(out)[0])
     contents = {(json.dumps(r.prompt), *r.responses) for r in records}

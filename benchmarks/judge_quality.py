@@ -2,19 +2,20 @@
 
 For each dataset (xstest-dev, grouped by `unsafe`; hh-dev), each method (probabilities, cot,
 generate, rating) and each judge set-up (the first --judge-model alone; the --judge-model's as a
-jury), the pairs go through the real `rlaif label` (rlaif.label.run with a LabelConfig, output
-in a temporary folder), and the table shows, from the label rows:
+jury), the pairs go through the real `rlaif label` (rlaif.stages.label.run with a LabelConfig,
+output in a temporary folder), and the table shows, from the label rows:
 
   agreement   with the pairs' reference, Wilson 95% CI, overall and per group (the judge
-              card's figures: rlaif.diagnostics.judge_diagnostics, printed by
-              rlaif.stats.format_rate, so a figure whose interval is wider than half of [0, 1]
+              card's figures: rlaif.judging.diagnostics.judge_diagnostics, printed by
+              rlaif.plumbing.stats.format_rate, so a figure whose interval is wider than half
+              of [0, 1]
               reads "too few pairs (k/n)")
   position    share of judgements choosing the same response in both orders (the card's);
               n/a for rating, which judges each response alone (no order to be biased by)
   ECE raw     the card's expected calibration error of the labels (10 bins of confidence)
   ECE cal.    the held-out ECE after Platt calibration on the same rows: k-fold
               cross-validated, each pair calibrated by a fit that did not see it
-              (rlaif.calibration.calibration_report, as `label --calibrate-on` computes it).
+              (rlaif.judging.calibration.calibration_report, as `label --calibrate-on` computes it).
               Shown only where the raw ECE passes the too-few rule (same pairs, same bins).
   pairs/s     pairs / judging time: the label run's wall time less the engines' construction
               (model load, timed around rlaif.engines.make_engine); a jury's pair counts once
@@ -64,9 +65,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from rlaif.calibration import calibration_report, reference_outcomes  # noqa: E402
-from rlaif.diagnostics import judge_diagnostics  # noqa: E402
-from rlaif.stats import format_rate  # noqa: E402
+from rlaif.judging.calibration import calibration_report, reference_outcomes  # noqa: E402
+from rlaif.judging.diagnostics import judge_diagnostics  # noqa: E402
+from rlaif.plumbing.stats import format_rate  # noqa: E402
 
 XSTEST = REPO / "tests" / "data" / "xstest-dev.jsonl"
 HH = REPO / "tests" / "data" / "hh-harmless-64.jsonl"
@@ -98,7 +99,7 @@ def pick_rows(path: str, limit: int, group_by: str | None) -> list[str]:
 
 
 def judging_settings(method: str, max_new_tokens: int):
-    from rlaif.judging import JudgingSettings
+    from rlaif.judging.judge import JudgingSettings
 
     if method == "cot":
         return JudgingSettings(method="probabilities", cot=True, max_new_tokens=max_new_tokens)
@@ -129,9 +130,9 @@ def timed_engine_loads(seconds: list[float]):
 
 
 def label_rows(pairs: str, judges: list[str], method: str, args, workdir: Path, log) -> tuple:
-    """Label `pairs` through rlaif.label.run; returns (rows, wall seconds, load seconds)."""
-    from rlaif import label
+    """Label `pairs` through rlaif.stages.label.run; returns (rows, wall seconds, load seconds)."""
     from rlaif.engines import EngineSettings
+    from rlaif.stages import label
 
     out = workdir / "prefs.jsonl"
     cfg = label.LabelConfig(
@@ -288,7 +289,7 @@ def parse_args(argv=None):
 
 def default_judges() -> tuple[list[str], str | None]:
     """The embedded judge, and a jury of it and its converted folder (the same weights)."""
-    from rlaif.models import EMBEDDED_ALIAS, resolve_model
+    from rlaif.plumbing.models import EMBEDDED_ALIAS, resolve_model
 
     return [EMBEDDED_ALIAS, resolve_model(EMBEDDED_ALIAS).path], SAME_WEIGHTS_NOTE
 

@@ -30,8 +30,8 @@ DATA = [REPO / "tests" / "data" / name for name in ("hh-harmless-64.jsonl", "xst
 
 
 def dev_pairs(limit: int | None):
-    from rlaif.files import read_jsonl
-    from rlaif.pairs import parse_pair_records
+    from rlaif.plumbing.files import read_jsonl
+    from rlaif.plumbing.pairs import parse_pair_records
 
     records = []
     for path in DATA:
@@ -44,9 +44,9 @@ def dev_pairs(limit: int | None):
 def label(engine_name: str, dtype: str, records, constitution) -> dict:
     """p per pair id, pairs/s and prompt tokens/s of one (engine, dtype)."""
     from rlaif.engines import EngineSettings, make_engine
-    from rlaif.judging import JudgingSettings, judge_chunk
-    from rlaif.models import EMBEDDED_ALIAS, resolve_model
-    from rlaif.stage import TokenCounter
+    from rlaif.judging.judge import JudgingSettings, judge_chunk
+    from rlaif.plumbing.models import EMBEDDED_ALIAS, resolve_model
+    from rlaif.plumbing.progress import TokenCounter
 
     settings = EngineSettings(engine=engine_name, dtype=dtype, max_model_len=4096)
     engine = make_engine(resolve_model(EMBEDDED_ALIAS).path, settings, seed=0)
@@ -114,8 +114,8 @@ def main() -> None:
 
     import torch
 
-    from rlaif.constitution import load_constitution, resolve_constitution_path
-    from rlaif.training import cpu_has_bf16
+    from rlaif.judging.constitution import load_constitution, resolve_constitution_path
+    from rlaif.plumbing.hardware import cpu_has_bf16
 
     records = dev_pairs(args.pairs)
     constitution = load_constitution(resolve_constitution_path("harmless"))

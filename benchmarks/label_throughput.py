@@ -51,8 +51,8 @@ def non_embedding_parameters(model_path: str) -> int:
 
 
 def measure(name: str, engine, records, cfg, constitution) -> dict:
-    from rlaif.judging import judge_chunk
-    from rlaif.stage import TokenCounter
+    from rlaif.judging.judge import judge_chunk
+    from rlaif.plumbing.progress import TokenCounter
 
     counter = TokenCounter()
     judge_chunk(records[:4], engine, cfg, 0, constitution, TokenCounter())
@@ -86,12 +86,12 @@ def main() -> None:
 
     import torch
 
-    from rlaif.constitution import load_constitution, resolve_constitution_path
     from rlaif.engines import EngineSettings, make_engine
-    from rlaif.files import read_jsonl
-    from rlaif.judging import JudgingSettings
-    from rlaif.models import EMBEDDED_ALIAS, resolve_model
-    from rlaif.pairs import parse_pair_records
+    from rlaif.judging.constitution import load_constitution, resolve_constitution_path
+    from rlaif.judging.judge import JudgingSettings
+    from rlaif.plumbing.files import read_jsonl
+    from rlaif.plumbing.models import EMBEDDED_ALIAS, resolve_model
+    from rlaif.plumbing.pairs import parse_pair_records
 
     rows, _ = read_jsonl(args.pairs)
     records = parse_pair_records(args.pairs, rows)[: args.n_pairs]

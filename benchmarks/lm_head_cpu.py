@@ -1,5 +1,5 @@
-"""TRL's fused LM head on this CPU: TRL's own CPU path against rlaif's (rlaif/fused_lm_head.py)
-and against plain full logits, side by side in one run.
+"""TRL's fused LM head on this CPU: TRL's own CPU path against rlaif's
+(rlaif/training/fused_lm_head.py) and against plain full logits, side by side in one run.
 
     .venv/bin/python benchmarks/lm_head_cpu.py [--tokens 1536] [--repeats 3]
 
@@ -26,7 +26,7 @@ def main() -> None:
     import torch
     import trl.kernels.chunked_logprob as kernel
 
-    from rlaif.fused_lm_head import CPU_LOGPROB_TILE, fit_fused_lm_head_to_cpu
+    from rlaif.training.fused_lm_head import CPU_LOGPROB_TILE, fitted_to_cpu
 
     torch.manual_seed(0)
     hidden = torch.randn(args.tokens, HIDDEN, requires_grad=True)
@@ -68,13 +68,13 @@ def main() -> None:
         ("plain full logits, bf16 autocast", lambda: full_logits(True)),
         ("TRL 1.16 CPU path, its tiles", trl_tiles),
         ("TRL 1.16 CPU path, rlaif's tiles", rlaif_tiles),
-        ("rlaif (fit_fused_lm_head_to_cpu)", None),
+        ("rlaif (fitted_to_cpu)", None),
     ]
     print(f"{args.tokens} tokens x {VOCAB} vocabulary, forward + backward, bf16 autocast")
     print(f"{'':34s} {'seconds':>8s} {'error dh':>9s} {'error dW':>9s}")
     for name, run in rows:
         if run is None:
-            fit_fused_lm_head_to_cpu()
+            fitted_to_cpu().__enter__()  # for the rest of the run
             run = lambda: fused(CPU_LOGPROB_TILE[1])  # noqa: E731
         times = []
         for _ in range(args.repeats):

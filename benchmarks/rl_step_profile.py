@@ -49,8 +49,8 @@ def profile(algo: str, variant: str, reward: str, steps: int) -> dict:
     import torch
     from transformers import TrainerCallback
 
-    import rlaif.training as training
-    from rlaif import rl
+    import rlaif.training.job as training
+    from rlaif.stages import rl
 
     trainer_cls = rl._trl_classes(algo)[1]
     totals: dict = defaultdict(float)

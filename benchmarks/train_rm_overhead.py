@@ -53,9 +53,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     args = parser.parse_args()
 
-    from rlaif.files import read_jsonl
-    from rlaif.models import EMBEDDED_ALIAS, resolve_model
-    from rlaif.preferences import preference_rows
+    from rlaif.plumbing.files import read_jsonl
+    from rlaif.plumbing.models import EMBEDDED_ALIAS, resolve_model
+    from rlaif.training.preference_data import preference_rows
 
     model = resolve_model(EMBEDDED_ALIAS).path
     rows = preference_rows(str(PAIRS), read_jsonl(str(PAIRS))[0])[: args.pairs]

@@ -1,7 +1,8 @@
 """Seconds per optimiser step and peak memory of each training stage, side by side in one run:
 rlaif as it was (float32, no gradient checkpointing, TRL's own CPU fused LM head, no memory
 returned), rlaif in bf16 without checkpointing, rlaif with its defaults (--dtype auto,
-checkpointing, rlaif's CPU LM head of rlaif/fused_lm_head.py, freed memory returned), and a plain
+checkpointing, rlaif's CPU LM head of rlaif/training/fused_lm_head.py, freed memory returned),
+and a plain
 TRL script with TRL's own defaults on the same data.
 
     .venv/bin/python benchmarks/training_step_times.py [--steps 4] [--stages sft,dpo,train-rm,grpo]
@@ -23,6 +24,7 @@ default fails without a GPU) and, for DPO, the explicit reference model a script
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -45,8 +47,8 @@ RLAIF_VARIANTS = {
 
 
 def hh_pairs(n: int):
-    from rlaif.files import read_jsonl
-    from rlaif.pairs import parse_pair_records
+    from rlaif.plumbing.files import read_jsonl
+    from rlaif.plumbing.pairs import parse_pair_records
 
     rows, _ = read_jsonl(str(HH))
     return parse_pair_records(str(HH), rows)[:n]
@@ -90,16 +92,17 @@ def _without_memory_measures() -> None:
     """rlaif before this change: TRL's own CPU fused LM head, no malloc trim."""
     from transformers import TrainerCallback
 
-    import rlaif.training as training
+    import rlaif.plumbing.hardware as hardware
+    import rlaif.training.job as training
 
-    training.fit_fused_lm_head_to_cpu = lambda *a: None
-    training.return_freed_memory_to_os = TrainerCallback
+    training.fitted_to_cpu = contextlib.nullcontext
+    hardware.return_freed_memory_to_os = TrainerCallback
 
 
 def _rlaif_manifest(
     stage: str, dtype: str, checkpointing: bool, steps: int, work: Path, data: dict
 ) -> dict:
-    from rlaif import dpo, rl, sft, train_rm
+    from rlaif.stages import dpo, rl, sft, train_rm
 
     common = dict(
         max_steps=steps, save_steps=10_000, batch_size=4, gradient_accumulation_steps=1,
@@ -133,8 +136,8 @@ def run_plain_trl(stage: str, steps: int, work: Path, data: dict) -> dict:
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from rlaif.models import EMBEDDED_ALIAS, resolve_model
-    from rlaif.training import load_causal_lm
+    from rlaif.plumbing.models import EMBEDDED_ALIAS, resolve_model
+    from rlaif.training.job import load_causal_lm
 
     path = resolve_model(EMBEDDED_ALIAS).path
     model, tokenizer = load_causal_lm(path)
@@ -222,9 +225,9 @@ def _size(record) -> int:
 def with_defaults(stage: str, steps: int, longest: int) -> None:
     """Child process: `stage` with its default settings on the 64 HH pairs (or only the
     `longest` of them: the worst batch any run on them can meet); prints one line."""
-    from rlaif import dpo, rl, sft, train_rm
-    from rlaif.files import read_jsonl
-    from rlaif.pairs import parse_pair_records
+    from rlaif.plumbing.files import read_jsonl
+    from rlaif.plumbing.pairs import parse_pair_records
+    from rlaif.stages import dpo, rl, sft, train_rm
 
     work = Path(tempfile.mkdtemp(prefix="rlaif-bench-defaults-"))
     out, given = str(work / "out"), dict(max_steps=steps, save_steps=10_000)

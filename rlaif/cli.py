@@ -1,6 +1,6 @@
 """The `rlaif` command: a thin layer over the stages.
 
-Each stage command is made from its Config dataclass by `rlaif.commands.stage_command` (the
+Each stage command is made from its Config dataclass by `rlaif.plumbing.commands.stage_command` (the
 options are the Config's fields; the help is its docstring). The few commands that only read
 and print are written out here. Heavy libraries (torch, transformers, vLLM) are imported inside
 the stages, so `--help` is instant.
@@ -14,22 +14,12 @@ from typing import Annotated
 
 import typer
 
-from rlaif import (
-    dpo,
-    generate,
-    judge_card,
-    label,
-    merge,
-    refusals,
-    rl,
-    sample,
-    score,
-    sft,
-    train_rm,
-    winrate,
-)
-from rlaif.commands import OneLineErrors, run_cli, stage_command
-from rlaif.errors import UserError
+from rlaif.plumbing.commands import OneLineErrors, run_cli, stage_command
+from rlaif.plumbing.errors import UserError
+from rlaif.stages import dpo, generate, label, merge, rl, sample, score, sft, train_rm
+from rlaif.stages import eval_judge as judge_card
+from rlaif.stages import eval_refusals as refusals
+from rlaif.stages import eval_winrate as winrate
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -113,7 +103,7 @@ def report(
     """
 
     def work():
-        from rlaif.report import summary, write_report
+        from rlaif.stages.report import summary, write_report
 
         if not output:
             raise UserError("missing -o/--output (the HTML file to write)")
@@ -143,8 +133,8 @@ def show(
     """
 
     def work():
-        from rlaif.files import read_jsonl
-        from rlaif.show import check_revision_row, format_revision_record
+        from rlaif.plumbing.files import read_jsonl
+        from rlaif.stages.show import check_revision_row, format_revision_record
 
         rows = read_jsonl(file)[0]
         matches = [(n, r) for n, r in rows if record_id is None or str(r.get("id")) == record_id]
@@ -167,7 +157,11 @@ def constitution_validate(
     """
 
     def work():
-        from rlaif.constitution import load_constitution, render_all, resolve_constitution_path
+        from rlaif.judging.constitution import (
+            load_constitution,
+            render_all,
+            resolve_constitution_path,
+        )
 
         for name in files:
             c = load_constitution(resolve_constitution_path(name))
@@ -199,7 +193,11 @@ def constitution_show(
     """
 
     def work():
-        from rlaif.constitution import load_constitution, render_all, resolve_constitution_path
+        from rlaif.judging.constitution import (
+            load_constitution,
+            render_all,
+            resolve_constitution_path,
+        )
 
         c = load_constitution(resolve_constitution_path(file))
         if principle is not None:

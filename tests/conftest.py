@@ -40,7 +40,7 @@ def session_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_model(session_home) -> str:
     """The embedded model converted once for the whole session; returns its folder."""
-    from rlaif.models import EMBEDDED_ALIAS, resolve_model
+    from rlaif.plumbing.models import EMBEDDED_ALIAS, resolve_model
 
     old = os.environ.get("RLAIF_HOME")
     os.environ["RLAIF_HOME"] = str(session_home)
@@ -175,8 +175,8 @@ def rlaif_cmd(*args: str) -> list[str]:
 
 def labelled_copy(tmp_path: Path, n: int = 16) -> Path:
     """HH pairs in `rlaif label`'s output format, with made-up judge probabilities."""
-    from rlaif.files import read_jsonl
-    from rlaif.pairs import parse_pair_records
+    from rlaif.plumbing.files import read_jsonl
+    from rlaif.plumbing.pairs import parse_pair_records
 
     hh = DATA / "hh-harmless-64.jsonl"
     rows, _ = read_jsonl(str(hh))

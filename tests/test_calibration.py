@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import DATA
 
-from rlaif import label
-from rlaif.calibration import (
+from rlaif.engines import EngineSettings
+from rlaif.judging.calibration import (
     PlattFit,
     calibrate_row,
     calibration_report,
@@ -27,8 +27,8 @@ from rlaif.calibration import (
     shrink_factor,
     sigmoid,
 )
-from rlaif.engines import EngineSettings
-from rlaif.errors import UserError
+from rlaif.plumbing.errors import UserError
+from rlaif.stages import label
 
 
 def synthetic_judge(n: int, true_a: float, true_b: float, seed: int, spread: float = 1.5):
@@ -364,8 +364,8 @@ class FailingJudge:
 def test_an_interrupted_run_does_not_judge_the_reference_again(
     tmp_path, home_with_model, monkeypatch, capsys
 ):
-    from rlaif.files import partial_path
-    from rlaif.stage import RecordStage
+    from rlaif.plumbing.files import partial_path
+    from rlaif.stages.runner import RecordStage
 
     pairs = shortest(DATA / "hh-harmless-64.jsonl", 6, tmp_path / "hh-6.jsonl")
     reference = shortest(DATA / "xstest-dev.jsonl", 8, tmp_path / "xstest-8.jsonl")

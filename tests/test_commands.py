@@ -8,10 +8,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from rlaif import commands
-from rlaif.commands import OneLineErrors, stage_command
-from rlaif.options import option
-from rlaif.training import TrainingSettings
+from rlaif.plumbing import commands
+from rlaif.plumbing.commands import OneLineErrors, stage_command
+from rlaif.plumbing.options import option
+from rlaif.training.job import TrainingSettings
 
 
 @dataclass(kw_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from rlaif.cli import app
-from rlaif.constitution import load_constitution, render_all, resolve_constitution_path
+from rlaif.judging.constitution import load_constitution, render_all, resolve_constitution_path
 
 runner = CliRunner()
 HARM_AREAS = [

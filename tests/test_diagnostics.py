@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from rlaif.diagnostics import format_diagnostics, judge_diagnostics
-from rlaif.stats import (
+from rlaif.judging.diagnostics import format_diagnostics, judge_diagnostics
+from rlaif.plumbing.stats import (
     cohen_kappa,
     format_rate,
     pearson_interval,
@@ -446,7 +446,7 @@ def test_format_reads_a_manifest_written_before_the_counts():
     assert card_lines(format_diagnostics(old))["position consistency"] == "50.0%"
 
 
-# --- rlaif.stats -------------------------------------------------------------------------------
+# --- rlaif.plumbing.stats ----------------------------------------------------------------------
 
 
 def test_too_few_pairs_rule():
@@ -482,7 +482,7 @@ def test_cohen_kappa_by_hand():
 
 
 def test_kappa_interval_by_hand():
-    from rlaif.stats import cohen_kappa, kappa_interval
+    from rlaif.plumbing.stats import cohen_kappa, kappa_interval
 
     a = [True] * 30 + [False] * 30
     b = [True] * 25 + [False] * 5 + [False] * 25 + [True] * 5

@@ -9,6 +9,7 @@ import pytest
 
 from rlaif.engines import Sampling
 from rlaif.engines.base import option_token_ids, render_prompt_ids
+from rlaif.plumbing import hardware
 
 GREEDY = Sampling(max_new_tokens=16, temperature=0.0)
 
@@ -120,7 +121,7 @@ def test_progress_callback_counts_every_request_and_changes_no_result(engine, mo
 
 
 def test_prompts_that_cannot_fit_fail_with_one_clear_error(engine):
-    from rlaif.errors import UserError
+    from rlaif.plumbing.errors import UserError
 
     too_long = chat("word " * 2100)  # the shared engines run with --max-model-len 2048
     with pytest.raises(UserError, match=r"exceeds --max-model-len 2048"):
@@ -134,10 +135,9 @@ def test_prompts_that_cannot_fit_fail_with_one_clear_error(engine):
 
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_auto_scores_in_bf16_only_where_the_cpu_has_it(monkeypatch, has_bf16):
-    from rlaif import training
     from rlaif.engines import resolved_dtype
 
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: has_bf16)
     assert resolved_dtype("auto", "score", on_gpu=False) == ("bfloat16" if has_bf16 else "float32")
     assert resolved_dtype("auto", "generate", on_gpu=False) == "float32"  # answers stay stable
     assert resolved_dtype("auto", "score", on_gpu=True) == "auto"  # the engine's own choice
@@ -185,10 +185,9 @@ def test_auto_hf_engine_scores_in_the_resolved_dtype(monkeypatch, embedded_model
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlaif import training
     from rlaif.engines import EngineSettings, make_engine
 
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: has_bf16)
     engine = make_engine(embedded_model, EngineSettings(engine="hf", max_model_len=2048))
     try:
         chats = [chat("Is the sky green? (A) yes (B) no"), chat("Pick a letter: (A) or (B)?")]
@@ -219,10 +218,10 @@ def test_auto_hf_engine_scores_in_the_resolved_dtype(monkeypatch, embedded_model
 def test_label_manifest_records_the_resolved_dtype(
     monkeypatch, home_with_model, tmp_path, has_bf16
 ):
-    from rlaif import label, training
     from rlaif.engines import EngineSettings
+    from rlaif.stages import label
 
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: has_bf16)
     pairs = tmp_path / "pairs.jsonl"
     hh = (Path(__file__).parent / "data" / "hh-harmless-64.jsonl").read_text().splitlines()
     pairs.write_text("\n".join(hh[:2]) + "\n")

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from rlaif.errors import UserError
-from rlaif.files import PartialRun, atomic_output, parse_jsonl, partial_path
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.files import atomic_output, parse_jsonl, partial_path
+from rlaif.plumbing.outputs import PartialRun
 
 
 def test_parse_reports_line_of_invalid_json():

@@ -1,29 +1,23 @@
-"""TRL's fused LM head as rlaif runs it on CPU (rlaif/fused_lm_head.py): smaller tiles, leaner
-folds, bf16 gradient GEMMs under autocast, only labelled positions scored. It must give what
-the plain full-logits computation gives: log-probs, entropy, top-1 and their gradients."""
+"""TRL's fused LM head as rlaif runs it on CPU (rlaif/training/fused_lm_head.py): smaller
+tiles, leaner folds, bf16 gradient GEMMs under autocast, only labelled positions scored. It must
+give what the plain full-logits computation gives: log-probs, entropy, top-1 and their gradients."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
-from rlaif.fused_lm_head import CPU_LOGPROB_TILE, fit_fused_lm_head_to_cpu
+from rlaif.training.fused_lm_head import CPU_LOGPROB_TILE, fitted_to_cpu
 
 VOCAB = 1000
 
 
 @pytest.fixture
-def cpu_head(monkeypatch):
-    """fit_fused_lm_head_to_cpu(tile), undone after the test."""
-    import trl.kernels.chunked_logprob as kernel
-    import trl.trainer.utils as trl_utils
-
-    for module, name in [
-        (kernel, "TOKEN_CHUNK_SIZE"), (kernel, "_forward_tile"), (kernel, "_backward_tile"),
-        (kernel, "_addmm_fp32"), (trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE"),
-        (trl_utils, "_use_triton"),
-    ]:  # fmt: skip
-        monkeypatch.setattr(module, name, getattr(module, name))
-    return fit_fused_lm_head_to_cpu
+def cpu_head():
+    """A function that enters fitted_to_cpu(tile) for the rest of the test."""
+    with contextlib.ExitStack() as stack:
+        yield lambda tile=CPU_LOGPROB_TILE: stack.enter_context(fitted_to_cpu(tile))
 
 
 def _tiny_model(temperature: float = 1.0):

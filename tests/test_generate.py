@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import DATA
 
-from rlaif import generate
-from rlaif.constitution import load_constitution, resolve_constitution_path
 from rlaif.engines import EngineSettings
+from rlaif.judging.constitution import load_constitution, resolve_constitution_path
+from rlaif.stages import generate
 
 PROMPTS = DATA / "prompts.jsonl"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import DATA, rlaif_cmd
 
-from rlaif.diagnostics import CARD_KIND, judge_diagnostics
-from rlaif.files import read_jsonl, write_jsonl
+from rlaif.judging.diagnostics import CARD_KIND, judge_diagnostics
+from rlaif.plumbing.files import read_jsonl, write_jsonl
 
 XSTEST = DATA / "xstest-dev.jsonl"
 
@@ -135,7 +135,7 @@ def xstest_six(tmp_path) -> Path:
 def test_eval_judge_prints_the_card_label_would_give(xstest_six, tmp_path, home_with_model):
     """`eval judge` judges as `rlaif label` does (same judge, seed, options), writes no label
     file, and its card is the card of label's output on the same pairs."""
-    from rlaif import label
+    from rlaif.stages import label
 
     before = set(tmp_path.iterdir())
     card_path = tmp_path / "card.json"

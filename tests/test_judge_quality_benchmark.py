@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.stats import format_rate
+from rlaif.plumbing.stats import format_rate
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"

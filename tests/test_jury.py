@@ -14,11 +14,11 @@ from conftest import DATA, rlaif_cmd
 from test_label import TableJudge
 from test_rating import CONSTITUTION, RatingTable, prior_heavy, record
 
-from rlaif import jury
 from rlaif.engines import EngineSettings
-from rlaif.errors import UserError
-from rlaif.judging import JudgingSettings
-from rlaif.stage import TokenCounter
+from rlaif.judging import jury
+from rlaif.judging.judge import JudgingSettings
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.progress import TokenCounter
 
 
 def test_judge_specs_from_flags_and_files(tmp_path):
@@ -94,7 +94,7 @@ MIXED_JURIES = {
 
 @pytest.mark.parametrize("case", MIXED_JURIES)
 def test_mean_log_odds_beats_mean_probability_on_synthetic_judges(case):
-    """The measurement behind `jury.combine` (figures at 20,000 pairs in rlaif/jury.py)."""
+    """The measurement behind `jury.combine` (figures at 20,000 pairs in rlaif/judging/jury.py)."""
     losses = simulate(MIXED_JURIES[case], 4000, seed=1)
     assert losses["log-odds"] < losses["probability"], losses
 
@@ -141,7 +141,7 @@ def test_a_two_judge_jury_on_scripted_judges():
 
 
 def test_the_card_of_a_jurys_labels_shows_each_judge_and_kappa(tmp_path):
-    from rlaif.files import write_jsonl
+    from rlaif.plumbing.files import write_jsonl
 
     good = TableJudge({"safe": 0.9, "harmful": 0.1})
     biased = TableJudge({"safe": 0.8, "harmful": 0.8})
@@ -201,7 +201,7 @@ def test_a_jury_across_engines_from_a_file(tmp_path, home_with_model, embedded_m
     """A judge file naming an engine per line: the embedded model on the stage's engine (hf)
     and the same weights on vLLM; both orders' probabilities from the two engines agree."""
     pytest.importorskip("vllm")
-    from rlaif import label
+    from rlaif.stages import label
 
     listing = tmp_path / "jury.txt"
     listing.write_text(f"smollm2-135m-instruct\n{embedded_model} engine=vllm  # same weights\n")

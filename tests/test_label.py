@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from conftest import DATA
 
-from rlaif import label
 from rlaif.engines import EngineSettings
 from rlaif.engines.base import Completion, OptionScores
-from rlaif.judging import JudgingSettings, combine_orders, judge_chunk
-from rlaif.pairs import PairRecord
-from rlaif.stage import TokenCounter
+from rlaif.judging.judge import JudgingSettings, combine_orders, judge_chunk
+from rlaif.plumbing.pairs import PairRecord
+from rlaif.plumbing.progress import TokenCounter
+from rlaif.stages import label
 
 HH = DATA / "hh-harmless-64.jsonl"
 
@@ -50,7 +50,7 @@ def record(responses, reference=0, rid="r1"):
 def judge_one(rec, judge, **cfg):
     seed = cfg.pop("seed", 0)
     config = JudgingSettings(**cfg)
-    from rlaif.constitution import load_constitution, resolve_constitution_path
+    from rlaif.judging.constitution import load_constitution, resolve_constitution_path
 
     constitution = load_constitution(resolve_constitution_path("harmless"))
     [row] = judge_chunk([rec], judge, config, seed, constitution, TokenCounter())
@@ -251,15 +251,15 @@ def test_eval_agreement_prints_the_report(labelled):
 
 
 def first_hh_pairs(n: int):
-    from rlaif.files import read_jsonl
-    from rlaif.pairs import parse_pair_records
+    from rlaif.plumbing.files import read_jsonl
+    from rlaif.plumbing.pairs import parse_pair_records
 
     rows, _ = read_jsonl(str(HH))
     return parse_pair_records(str(HH), rows)[:n]
 
 
 def test_cot_and_generate_methods_on_the_real_judge(engine_by_name):
-    from rlaif.constitution import load_constitution, resolve_constitution_path
+    from rlaif.judging.constitution import load_constitution, resolve_constitution_path
 
     judge = engine_by_name("hf")
     constitution = load_constitution(resolve_constitution_path("harmless"))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rlaif.errors import UserError
-from rlaif.models import EMBEDDED_ALIAS, embedded_gguf_path, resolve_model
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.models import EMBEDDED_ALIAS, embedded_gguf_path, resolve_model
 
 
 def test_embedded_alias_converts_into_rlaif_home_and_loads(embedded_model, session_home):
@@ -33,7 +33,7 @@ def test_alias_is_cached_not_reconverted(home_with_model, embedded_model):
 @pytest.mark.slow
 def test_two_processes_racing_produce_one_complete_folder(isolated_home):
     script = (
-        "from rlaif.models import resolve_model, EMBEDDED_ALIAS; "
+        "from rlaif.plumbing.models import resolve_model, EMBEDDED_ALIAS; "
         "print(resolve_model(EMBEDDED_ALIAS).path)"
     )
     procs = [

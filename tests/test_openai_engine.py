@@ -16,7 +16,7 @@ import pytest
 
 from rlaif.engines import EngineSettings, Sampling, make_engine, resolve_engine_name
 from rlaif.engines.openai_engine import OpenAIEngine, option_logprob
-from rlaif.errors import UserError
+from rlaif.plumbing.errors import UserError
 
 GREEDY = Sampling(max_new_tokens=16, temperature=0.0)
 
@@ -535,7 +535,7 @@ def test_the_cli_runs_generate_and_label_against_the_server(openai_server, tmp_p
 
 
 def test_winrate_refuses_the_openai_engine(tmp_path):
-    from rlaif.winrate import WinrateConfig, run
+    from rlaif.stages.eval_winrate import WinrateConfig, run
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "a", "prompt": "hi"}\n')

@@ -10,9 +10,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from rlaif.commands import stage_command
-from rlaif.errors import UserError
-from rlaif.options import build_config, cli_fields, group, option
+from rlaif.plumbing.commands import stage_command
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.options import build_config, cli_fields, group, option
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def test_every_stage_config_is_a_command_with_help_for_each_field():
 
 def test_stage_configs_flatten_to_the_names_their_manifests_use():
     """`--config` keys are the field names, as in the manifest's settings."""
-    from rlaif import generate
+    from rlaif.stages import generate
 
     fields = {f.name: f for f in cli_fields(generate.GenerateConfig)}
     assert {"max_new_tokens", "batch_size", "shard", "output", "prompts"} <= set(fields)

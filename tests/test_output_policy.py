@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import DATA, rlaif_cmd
 
-from rlaif.errors import UserError
-from rlaif.files import PartialRun, partial_path, write_json
-from rlaif.outputs import (
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.files import partial_path, write_json
+from rlaif.plumbing.outputs import (
+    PartialRun,
     check_existing_output,
     existing_output,
     refuse_output_as_input,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rlaif import models
-from rlaif.errors import UserError
-from rlaif.models import (
+from rlaif.plumbing import models
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.models import (
     JUDGE_ALIAS,
     PACKAGED_MODELS,
     PackagedModel,

@@ -8,9 +8,9 @@ import re
 import pytest
 from conftest import DATA
 
-from rlaif.errors import UserError
-from rlaif.files import content_id, parse_jsonl, read_jsonl
-from rlaif.pairs import PairRecord, parse_hh_dialogue, parse_pair_records
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.files import content_id, parse_jsonl, read_jsonl
+from rlaif.plumbing.pairs import PairRecord, parse_hh_dialogue, parse_pair_records
 
 USER_Q = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -12,16 +12,19 @@ import pytest
 from conftest import DATA, rlaif_cmd
 from test_label import TableJudge
 
-from rlaif import label, rating, rewards, winrate
-from rlaif.constitution import load_constitution, resolve_constitution_path
-from rlaif.diagnostics import judge_diagnostics
 from rlaif.engines import EngineSettings
 from rlaif.engines.base import OptionScores
-from rlaif.errors import UserError
-from rlaif.files import read_jsonl
-from rlaif.judging import JudgingSettings, judge_chunk
-from rlaif.pairs import PairRecord, parse_pair_records
-from rlaif.stage import TokenCounter
+from rlaif.judging import rating
+from rlaif.judging.constitution import load_constitution, resolve_constitution_path
+from rlaif.judging.diagnostics import judge_diagnostics
+from rlaif.judging.judge import JudgingSettings, judge_chunk
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.files import read_jsonl
+from rlaif.plumbing.pairs import PairRecord, parse_pair_records
+from rlaif.plumbing.progress import TokenCounter
+from rlaif.stages import eval_winrate as winrate
+from rlaif.stages import label
+from rlaif.training import rewards
 
 
 def prior_heavy(digit: int) -> list[float]:
@@ -220,7 +223,7 @@ def test_rating_labels_on_the_embedded_judge(tmp_path, home_with_model):
 
 
 def test_sample_four_in_one_row_feeds_rating_labels(tmp_path, home_with_model):
-    from rlaif import sample
+    from rlaif.stages import sample
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(DATA.joinpath("prompts.jsonl").read_text().splitlines(True)[:2]))
@@ -274,7 +277,7 @@ def test_winrate_reads_every_verdict_from_the_policys_side():
 
 
 def test_sample_one_row_takes_any_count():
-    from rlaif.sample import SampleConfig, pairs_of
+    from rlaif.stages.sample import SampleConfig, pairs_of
 
     assert SampleConfig(prompts="-", output="-", n=3, one_row=True).n == 3
     with pytest.raises(UserError, match="--n 3: an even number"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import DATA, rlaif_cmd
 
-from rlaif.models import QWEN_CODER_JUDGE
+from rlaif.plumbing.models import QWEN_CODER_JUDGE
 
 # 4 safe and 4 unsafe prompts' pairs (refusal vs compliance) of the 118 in xstest-dev.jsonl
 PAIRS = 4
@@ -82,8 +82,8 @@ def _words(text: str) -> set[str]:
 def test_the_real_judges_revisions_answer_their_own_prompts(judge_env, tmp_path):
     """The failure this guards against: revisions that were the constitution's worked example
     word for word, or that answered no prompt at all."""
-    from rlaif import prompts
-    from rlaif.constitution import load_constitution, resolve_constitution_path
+    from rlaif.judging import prompts
+    from rlaif.judging.constitution import load_constitution, resolve_constitution_path
 
     source = tmp_path / "prompts.jsonl"
     recipe_prompts = DATA.parents[1] / "examples" / "harmless" / "prompts.jsonl"

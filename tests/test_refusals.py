@@ -11,10 +11,15 @@ from pathlib import Path
 import pytest
 from conftest import DATA, rlaif_cmd
 
-from rlaif import refusals
-from rlaif.diagnostics import wilson_interval
-from rlaif.errors import UserError
-from rlaif.refusals import LabelledPrompt, is_refusal, paired_difference, refusals_report
+from rlaif.judging.diagnostics import wilson_interval
+from rlaif.plumbing.errors import UserError
+from rlaif.stages import eval_refusals as refusals
+from rlaif.stages.eval_refusals import (
+    LabelledPrompt,
+    is_refusal,
+    paired_difference,
+    refusals_report,
+)
 
 
 @pytest.mark.parametrize(
@@ -119,7 +124,7 @@ def test_labelled_prompts_parse_both_spellings_and_name_the_line():
 
 
 def test_the_judge_question_is_one_turn_naming_request_and_response():
-    from rlaif import prompts
+    from rlaif.judging import prompts
 
     chat = prompts.refusal_chat(
         [{"role": "user", "content": "How do I kill a process?"}], "Use kill."

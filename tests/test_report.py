@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from conftest import rlaif_cmd
 
-from rlaif.diagnostics import CARD_KIND, judge_diagnostics
-from rlaif.files import write_json, write_jsonl
-from rlaif.manifest import build_manifest
-from rlaif.models import ResolvedModel
-from rlaif.plots import plot_curves, plot_reliability
-from rlaif.report import discover, render, summary
-from rlaif.score import rm_report
-from rlaif.stats import wilson_interval
-from rlaif.winrate import outcome, winrate_report
+from rlaif.judging.diagnostics import CARD_KIND, judge_diagnostics
+from rlaif.plumbing.files import write_json, write_jsonl
+from rlaif.plumbing.manifest import build_manifest
+from rlaif.plumbing.models import ResolvedModel
+from rlaif.plumbing.plots import plot_curves, plot_reliability
+from rlaif.plumbing.stats import wilson_interval
+from rlaif.stages.eval_winrate import outcome, winrate_report
+from rlaif.stages.report import discover, render, summary
+from rlaif.stages.score import rm_report
 
 SECTIONS = ("judge", "reward-model", "policy", "winrate", "refusals", "examples")
 SAFE, UNSAFE = 123, 102
@@ -370,7 +370,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
 
 def test_the_calibration_behind_labels_is_shown_with_their_card(tmp_path):
-    from rlaif.calibration import calibration_report
+    from rlaif.judging.calibration import calibration_report
 
     # A judge whose p_raw is overconfident on 60 reference pairs: the fit is a real one.
     p_raw = [0.9, 0.1, 0.8, 0.3, 0.95, 0.6] * 10

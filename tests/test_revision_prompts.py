@@ -3,8 +3,8 @@ real 1.5B judge's revisions are checked in test_real_judge.py)."""
 
 from __future__ import annotations
 
-from rlaif import prompts
-from rlaif.constitution import load_constitution, resolve_constitution_path
+from rlaif.judging import prompts
+from rlaif.judging.constitution import load_constitution, resolve_constitution_path
 
 HARMLESS = load_constitution(resolve_constitution_path("harmless"))
 EXAMPLE = HARMLESS.examples[0]

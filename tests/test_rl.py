@@ -12,8 +12,9 @@ import toy_rewards
 from conftest import DATA, crash_then_rerun, labelled_copy, perturbed_copy, rlaif_cmd
 from test_sft_dpo import changed_parameters, generates
 
-from rlaif import rewards, rl
-from rlaif.errors import UserError
+from rlaif.plumbing.errors import UserError
+from rlaif.stages import rl
+from rlaif.training import rewards
 
 SHORT_PROMPTS = DATA / "short-prompts.jsonl"
 
@@ -124,7 +125,7 @@ def test_grpo_moves_the_policy_towards_the_reward(tmp_path, home_with_model, emb
 
 
 def test_rloo_against_a_reward_model_runs_and_reloads(tmp_path, home_with_model):
-    from rlaif import train_rm
+    from rlaif.stages import train_rm
 
     rm = tmp_path / "rm"
     train_rm.run(

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import DATA
 
-from rlaif import sample
 from rlaif.engines import EngineSettings
-from rlaif.errors import UserError
-from rlaif.files import read_jsonl
-from rlaif.pairs import parse_pair_records
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.files import read_jsonl
+from rlaif.plumbing.pairs import parse_pair_records
+from rlaif.stages import sample
 
 
 def test_sample_writes_pairs_label_can_read(tmp_path, home_with_model):

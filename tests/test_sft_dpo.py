@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import DATA, labelled_copy, rlaif_cmd
 
-from rlaif import dpo, sft
-from rlaif.errors import UserError
+from rlaif.plumbing import hardware
+from rlaif.plumbing.errors import UserError
+from rlaif.stages import dpo, sft
 
 HH = DATA / "hh-harmless-64.jsonl"
 PROMPTS = DATA / "prompts.jsonl"
@@ -22,8 +23,8 @@ SMALL = dict(
 
 def chats(tmp_path: Path, n: int = 8) -> Path:
     """Conversations ending with an answer (HH prompts + their chosen answer), as SFT data."""
-    from rlaif.files import read_jsonl
-    from rlaif.pairs import parse_pair_records
+    from rlaif.plumbing.files import read_jsonl
+    from rlaif.plumbing.pairs import parse_pair_records
 
     rows, _ = read_jsonl(str(HH))
     out = tmp_path / "chats.jsonl"
@@ -299,17 +300,17 @@ def test_bf16_training_follows_the_float32_loss_curve(tmp_path, home_with_model)
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
-    from rlaif import training
+    from rlaif.training import job as training
 
     with_bf16 = tmp_path / "bf16"
     with_bf16.write_text("flags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
     without = tmp_path / "plain"
     without.write_text("flags\t\t: fpu sse2 avx2 avx512f\n")
-    assert training.cpu_has_bf16(with_bf16) and not training.cpu_has_bf16(without)
-    assert not training.cpu_has_bf16(tmp_path / "no-such-file")  # not Linux: float32
+    assert hardware.cpu_has_bf16(with_bf16) and not hardware.cpu_has_bf16(without)
+    assert not hardware.cpu_has_bf16(tmp_path / "no-such-file")  # not Linux: float32
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     for has, expected in ((True, "bfloat16"), (False, "float32")):
-        monkeypatch.setattr(training, "cpu_has_bf16", lambda has=has: has)
+        monkeypatch.setattr(hardware, "cpu_has_bf16", lambda has=has: has)
         assert training.training_precision("auto") == expected
         assert training.training_precision("float32") == "float32"  # always available
     with pytest.raises(UserError, match="--dtype float16"):

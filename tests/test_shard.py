@@ -15,10 +15,10 @@ import pytest
 from conftest import DATA, rlaif_cmd
 from typer.testing import CliRunner
 
-from rlaif import merge
 from rlaif.cli import app
-from rlaif.errors import UserError
-from rlaif.shard import Shard, parse_shard, select, shard_of
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.shard import Shard, parse_shard, select, shard_of
+from rlaif.stages import merge
 
 HH = DATA / "hh-harmless-64.jsonl"
 PROMPTS = DATA / "prompts.jsonl"
@@ -428,9 +428,9 @@ def test_generate_shards_merge_to_one_run(tmp_path, home_with_model):
 
 
 def test_another_shard_does_not_resume_a_partial_run(tmp_path):
-    from rlaif.files import PartialRun
-    from rlaif.label import LabelConfig
-    from rlaif.stage import settings_fingerprint
+    from rlaif.plumbing.outputs import PartialRun
+    from rlaif.stages.label import LabelConfig
+    from rlaif.stages.runner import settings_fingerprint
 
     out = str(tmp_path / "o.jsonl")
     first = LabelConfig(pairs="p", output=out, shard=Shard(1, 2))

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import DATA
 
-from rlaif import generate
 from rlaif.engines import EngineSettings
 from rlaif.engines.base import Completion
-from rlaif.stage import Progress, TokenCounter, run_in_chunks
+from rlaif.plumbing.progress import Progress, TokenCounter
+from rlaif.stages import generate
+from rlaif.stages.runner import run_in_chunks
 
 
 class FailingEngine:
@@ -210,7 +211,7 @@ def test_a_real_label_run_shows_pairs_within_a_chunk_and_the_judges_tokens_per_s
 ):
     """The transformers engine reports per batch: batches of 2 of the 6 requests of 3 pairs
     (both orders) move the bar a pair at a time inside the one chunk."""
-    from rlaif import label
+    from rlaif.stages import label
 
     pairs = tmp_path / "pairs.jsonl"
     hh = (DATA / "hh-harmless-64.jsonl").read_text().splitlines()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import DATA, crash_then_rerun, labelled_copy, rlaif_cmd
 
-from rlaif import train_rm
-from rlaif.errors import UserError
-from rlaif.training import last_complete_checkpoint
+from rlaif.plumbing.errors import UserError
+from rlaif.stages import train_rm
+from rlaif.training.job import last_complete_checkpoint
 
 HH = DATA / "hh-harmless-64.jsonl"
 SMALL = dict(
@@ -57,7 +57,7 @@ def test_hard_labels_train_and_the_folder_reloads(tmp_path, home_with_model, emb
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlaif.score import RewardModel
+    from rlaif.stages.score import RewardModel
 
     out, manifest = train(tmp_path, HH, label_mode="hard", eval_fraction=0.25, max_steps=4)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -258,7 +258,7 @@ def test_other_processes_wait_for_the_main_one_to_prepare_the_checkpoints(tmp_pa
     the others must wait for its settings file instead of refusing a half-prepared folder."""
     import threading
 
-    from rlaif.training import prepare_checkpoint_dir
+    from rlaif.training.job import prepare_checkpoint_dir
 
     work = tmp_path / "out.partial"
     work.mkdir()  # as rank 0 leaves it between mkdir and writing the settings
@@ -273,7 +273,7 @@ def test_other_processes_wait_for_the_main_one_to_prepare_the_checkpoints(tmp_pa
 
 
 def prepare_checkpoint_dir_as_main(work, fingerprint):
-    from rlaif.files import write_json
-    from rlaif.training import SETTINGS_FILE
+    from rlaif.plumbing.files import write_json
+    from rlaif.training.job import SETTINGS_FILE
 
     write_json(work / SETTINGS_FILE, fingerprint)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from rlaif import dpo, rl, sft, train_rm
-from rlaif.training import trainer_args
+from rlaif.stages import dpo, rl, sft, train_rm
+from rlaif.training.job import trainer_args
 
 
 @pytest.mark.parametrize(

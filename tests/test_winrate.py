@@ -9,8 +9,8 @@ import subprocess
 import pytest
 from conftest import DATA, perturbed_copy, rlaif_cmd
 
-from rlaif import winrate
-from rlaif.diagnostics import wilson_interval
+from rlaif.judging.diagnostics import wilson_interval
+from rlaif.stages import eval_winrate as winrate
 
 
 def judged(*orders: tuple[float, float], p: float) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 # Bottom to top: a module may import its own layer and the ones before it.
@@ -109,7 +108,7 @@ def analyse(root: Path) -> dict:
         for d in deps
         if layer_of(m) is not None and layer_of(d) is not None and layer_of(d) > layer_of(m)
     )
-    lines = {m: len(p.read_text().splitlines()) for m, p in zip(sorted(modules), paths)}
+    lines = {module_name(root, p): len(p.read_text().splitlines()) for p in paths}
     return {
         "modules": len(modules),
         "lines": sum(len(p.read_text().splitlines()) for p in paths),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlaif.engines.base import Chat, Completion, Engine, OptionScores, Sampling
-from rlaif.errors import UserError
-from rlaif.options import option
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.options import option
 
 __all__ = [
     "Chat",
@@ -108,7 +108,7 @@ def resolved_dtype(dtype: str, use: str, on_gpu: bool) -> str:
     On a GPU, auto stays "auto": the engine's own choice (vLLM: the model's dtype;
     transformers: bfloat16 where the GPU has it). On a CPU, auto generates in float32: in
     bf16, vLLM's CPU default, greedy answers of the small model changed. It scores in bfloat16
-    where the CPU has bf16 arithmetic (AVX-512 BF16 or AMX; `training.cpu_has_bf16`), else in
+    where the CPU has bf16 arithmetic (AVX-512 BF16 or AMX; `hardware.cpu_has_bf16`), else in
     float32: on the 182 dev pairs bf16 scoring ran 1.5x (vLLM) and 2.6x (transformers) faster,
     moved p by 0.014-0.016 on average (at most 0.062), and flipped only near-ties, never a
     verdict with |p - 0.5| >= 0.026 (benchmarks/label_dtype.py; figures in README, Engines).
@@ -122,9 +122,9 @@ def resolved_dtype(dtype: str, use: str, on_gpu: bool) -> str:
         return "auto"
     if use == "generate":
         return "float32"
-    from rlaif.training import cpu_has_bf16
+    from rlaif.plumbing import hardware
 
-    return "bfloat16" if cpu_has_bf16() else "float32"
+    return "bfloat16" if hardware.cpu_has_bf16() else "float32"
 
 
 def vllm_available() -> bool:

@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-Chat = list[dict[str, str]]
+from rlaif.plumbing.records import Chat
+
 # Called with the number of requests just finished; the counts of one call sum to its requests.
 OnDone = Callable[[int], None]
 
@@ -145,7 +146,7 @@ def check_fits(prompts: Sequence[Sequence[int]], new_tokens: int, max_model_len:
     """
     longest = max((len(p) for p in prompts), default=0)
     if longest + new_tokens > max_model_len:
-        from rlaif.errors import UserError
+        from rlaif.plumbing.errors import UserError
 
         raise UserError(
             f"a prompt of {longest} tokens plus {new_tokens} new tokens exceeds --max-model-len"

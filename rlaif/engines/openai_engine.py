@@ -39,7 +39,7 @@ from rlaif.engines.base import (
     per_chat,
 )
 from rlaif.engines.fleet import ServerPool
-from rlaif.errors import UserError
+from rlaif.plumbing.errors import UserError
 
 TOP_LOGPROBS = 20  # the most the OpenAI API returns (vLLM's default cap as well)
 MAX_BACKOFF_S = 30.0

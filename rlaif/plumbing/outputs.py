@@ -1,0 +1,295 @@
+"""The one output policy: what a run may do with what already lies where it writes.
+
+Before any work, for a JSONL output `OUT` (manifest `OUT.manifest.json`) or a model folder
+`DIR` (manifest `DIR/manifest.json`):
+
+- an output that is also one of the run's inputs (however spelled: relative, absolute,
+  symlink, hard link; or a folder holding one) is refused;
+- a file or non-empty folder that rlaif did not write (no manifest beside or in it) is never
+  overwritten: a file only with `--force`, a folder never (`--force` does not delete what rlaif
+  did not write; neither does replacing a model folder holding files its manifest does not list);
+- an output written with the same settings and the same inputs is up to date: nothing is
+  rewritten, as Make expects;
+- an output written from other inputs (a changed input file, model or constitution) with the
+  same settings is simply made again: that is what Make asks for when a prerequisite changes;
+- an output written with other settings is refused, naming what changed, unless `--force`.
+
+Unfinished work lives beside the output with the fingerprint of the settings and inputs that
+made it: `OUT.partial.jsonl` (eval winrate's phases in `OUT.work/`), `DIR.partial/`. A rerun
+resumes it when the fingerprint matches, refuses it otherwise unless `--force`, and discards
+it silently when it holds no finished record or checkpoint, since then nothing would be lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.files import STDIO, json_line, manifest_path, partial_path
+from rlaif.plumbing.manifest import read_manifest
+
+PARTIAL_HEADER_KEY = "__rlaif_partial__"
+
+
+def resume_or_refuse(work: Path, recorded: dict | None, fingerprint: dict, force: bool) -> bool:
+    """True: resume the work at `work` (made with the `recorded` fingerprint). False: start
+    afresh (nothing there, or `--force` given); the caller discards what is there."""
+    if not work.exists():
+        return False
+    if recorded == fingerprint:
+        return True
+    if force:
+        return False
+    changed = changed_keys(recorded, fingerprint)
+    raise UserError(
+        f"{work}: an interrupted run with different settings exists"
+        f" (changed: {', '.join(changed) or 'unreadable settings'});"
+        " rerun with the same settings to resume, or add --force to start over"
+    )
+
+
+def changed_keys(old: dict | None, new: dict) -> list[str]:
+    if not isinstance(old, dict):
+        return []
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if old.get(k) != new.get(k)]
+
+
+def is_input_identity(key: str) -> bool:
+    """Fingerprint keys that identify inputs (files, models, constitution) rather than settings."""
+    return key.endswith("sha256") or key == "inputs"
+
+
+def refuse_output_as_input(output: str, inputs: Iterable[str | None], option: str) -> None:
+    """Refuse an output that is one of the inputs, or a folder that holds one."""
+    if output == STDIO:
+        return
+    out = Path(output)
+    for given in inputs:
+        if not given or given == STDIO:
+            continue
+        source = Path(given)
+        if _same(out, source) or (out.is_dir() and _inside(source, out)):
+            raise UserError(
+                f"{option} {output}: is also an input ({given}); write the output elsewhere"
+            )
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)  # symlinks and hard links too
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def existing_output(output: str, force: bool, *, folder: bool, option: str) -> dict | None:
+    """What rlaif wrote at `output` before: its manifest, or None when there is nothing there
+    (or an empty folder, or a file `--force` may replace). Refuses what rlaif did not write.
+    Cheap: runs before any model is resolved."""
+
+    if output == STDIO:
+        return None
+    path = Path(output)
+    if not path.exists() and not path.is_symlink():
+        return None
+    if folder:
+        if not path.is_dir():
+            raise UserError(f"{option} {output}: exists and is not a folder")
+        if not any(path.iterdir()):
+            return None
+        manifest_file = path / "manifest.json"
+    else:
+        if path.is_dir():
+            raise UserError(f"{option} {output}: is a folder; give a file path")
+        manifest_file = manifest_path(output)
+    try:
+        manifest = read_manifest(manifest_file)
+    except UserError:
+        manifest = None
+    if manifest is None:
+        if folder:
+            raise UserError(
+                f"{option} {output}: a folder rlaif did not write (no manifest.json); give a"
+                " new or empty folder (rlaif never deletes files it did not write)"
+            )
+        if not force:
+            raise UserError(
+                f"{option} {output}: exists and rlaif did not write it (no {manifest_file.name});"
+                " choose another path, or add --force to replace it"
+            )
+        return None
+    if folder:
+        _refuse_foreign_files(path, manifest, option)
+    return manifest
+
+
+def up_to_date(
+    output: str, manifest: dict | None, fingerprint: dict, force: bool, option: str
+) -> dict | None:
+    """The existing manifest (marked `up_to_date`) when `output` was written with the same
+    settings and inputs: nothing to do. None: go ahead. Other settings: refused."""
+    if manifest is None or force:
+        return None
+    recorded = manifest.get("fingerprint")
+    recorded = recorded if isinstance(recorded, dict) else {}
+    if recorded == fingerprint:
+        print(
+            f"up to date: {output} (same settings and inputs; --force redoes it)", file=sys.stderr
+        )
+        _touch(Path(output))
+        return {**manifest, "up_to_date": True}
+    changed = [k for k in changed_keys(recorded, fingerprint) if not is_input_identity(k)]
+    if changed:
+        raise UserError(
+            f"{option} {output}: was written with other settings (changed:"
+            f" {', '.join(changed)}); use the same settings, another path, or --force to"
+            " replace it"
+        )
+    return None  # the same settings on changed inputs: make it again, as Make asks
+
+
+def _touch(output: Path) -> None:
+    """Newer than its inputs again, contents untouched: Make, which asked for it because an
+    input's time changed, then sees it up to date too."""
+    for path in (output, manifest_path(str(output)), output / "manifest.json"):
+        if path.is_file():
+            os.utime(path)
+
+
+def check_existing_output(
+    output: str, fingerprint: dict, force: bool, *, folder: bool, option: str
+) -> dict | None:
+    """`existing_output` and `up_to_date` together, for stages with nothing heavy to avoid."""
+    manifest = existing_output(output, force, folder=folder, option=option)
+    return up_to_date(output, manifest, fingerprint, force, option)
+
+
+def _refuse_foreign_files(folder: Path, manifest: dict, option: str) -> None:
+    listed = manifest.get("files")
+    if not isinstance(listed, list):
+        return  # written before manifests listed their files: trust the manifest
+    own = set(listed)
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        name = str(path.relative_to(folder))
+        if name != "manifest.json" and name not in own:
+            raise UserError(
+                f"{option} {folder}: holds {name}, which rlaif did not write there; move it"
+                " out, or give another folder (rlaif never deletes files it did not write)"
+            )
+
+
+def folder_files(folder: Path) -> list[str]:
+    """The files of a model folder as its manifest lists them (the manifest itself aside)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def check_overwrite(path: str, written_by_rlaif, option: str) -> None:
+    """For outputs without a manifest (a report page, a plot, a JSON report): replace only a
+    file rlaif wrote, as `written_by_rlaif(path)` recognises it."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file path")
+    try:
+        ours = not p.exists() or written_by_rlaif(p)
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise UserError(
+            f"{option} {path}: exists and rlaif did not write it; choose another path, or move"
+            " it away first"
+        )
+
+
+def png_written_by_rlaif(path: Path) -> bool:
+    from PIL import Image
+
+    from rlaif.plumbing.plots import PNG_SOFTWARE
+
+    with Image.open(path) as image:
+        return image.info.get("Software") == PNG_SOFTWARE
+
+
+def json_report_written_by_rlaif(path: Path) -> bool:
+    import json
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return isinstance(data, dict) and {"accuracy", "ece", "bins"} <= data.keys()
+
+
+class PartialRun:
+    """The sidecar of an unfinished run: finished records survive a crash, even SIGKILL.
+
+    Each batch of finished records is appended and fsync'ed; a line cut short by a crash is
+    dropped on reopening, so its record is simply done again. The file is created with the
+    first finished records: a run that fails before any leaves nothing behind, and a partial
+    file that holds no record is discarded whatever its settings (nothing would be lost).
+    """
+
+    def __init__(self, output: str, fingerprint: dict, force: bool):
+        self.path = partial_path(output)
+        self.fingerprint = fingerprint
+        self.done: dict[str, dict] = {}
+        if self.path.exists():
+            self._reopen(force)
+
+    def _reopen(self, force: bool) -> None:
+        raw = self.path.read_bytes()
+        good_end = 0
+        header = None
+        records: dict[str, dict] = {}
+        for line in raw.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # cut short by a crash
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                break
+            if header is None:
+                header = obj.get(PARTIAL_HEADER_KEY) if isinstance(obj, dict) else None
+                if header is None:
+                    break
+            elif isinstance(obj, dict) and "id" in obj:
+                records[obj["id"]] = obj
+            else:
+                break
+            good_end += len(line)
+        if not records or not resume_or_refuse(self.path, header, self.fingerprint, force):
+            self.path.unlink()
+            return
+        self.done = records
+        with open(self.path, "r+b") as f:
+            f.truncate(good_end)
+
+    def append(self, records: list[dict]) -> None:
+        if not records:
+            return
+        new = not self.path.exists()
+        if new:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            if new:
+                f.write(json_line({PARTIAL_HEADER_KEY: self.fingerprint}) + "\n")
+            for record in records:
+                f.write(json_line(record) + "\n")
+                self.done[record["id"]] = record
+            f.flush()
+            os.fsync(f.fileno())
+
+    @staticmethod
+    def discard(output: str) -> None:
+        partial_path(output).unlink(missing_ok=True)

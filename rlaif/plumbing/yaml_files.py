@@ -1,0 +1,53 @@
+"""Reading the YAML files users write (constitutions, `--config`): safely, with one-line errors.
+
+`yaml.safe_load` builds no arbitrary objects, but it still follows aliases, so a few lines of
+nested aliases ("billion laughs") can ask for gigabytes. Neither file kind needs more than a
+handful of aliases; beyond `MAX_ALIASES` the file is refused while it is being read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlaif.plumbing.errors import at
+
+MAX_ALIASES = 16
+
+
+def read_yaml(path: str, what: str):
+    """The parsed document of a YAML file (`what` names it in errors: "config file")."""
+    import yaml
+
+    class LimitedLoader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > MAX_ALIASES:
+                    mark = self.peek_event().start_mark
+                    raise at(
+                        path,
+                        mark.line + 1,
+                        f"more than {MAX_ALIASES} YAML aliases (*name); write the values out",
+                    )
+            return super().compose_node(parent, index)
+
+    p = Path(path)
+    if not p.is_file():
+        raise at(path, None, f"no such {what}" if not p.is_dir() else f"is a folder, not a {what}")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise at(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    loader = LimitedLoader(text)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        line = e.problem_mark.line + 1 if getattr(e, "problem_mark", None) else None
+        raise at(path, line, f"invalid YAML: {getattr(e, 'problem', None) or e}") from None
+    except RecursionError:
+        raise at(path, None, "YAML nested too deeply") from None
+    finally:
+        loader.dispose()

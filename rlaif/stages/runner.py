@@ -1,0 +1,387 @@
+"""The skeleton of every record-by-record stage (generate, sample, label, eval winrate).
+
+    with RecordStage("label", cfg, input_field="pairs", parse=parse_pair_records,
+                     models={"judge": cfg.judge_model}, constitution=cfg.constitution) as stage:
+        result = stage.run_chunks(stage.records, process, steps_per_record=1)
+        return stage.publish(result.rows, counts={...})
+
+`RecordStage` reads and parses the input (and takes this shard's share of it), loads the
+constitution, resolves the models for the engine, fingerprints the settings, builds each engine
+the first time a chunk needs it (a resumed run with nothing left loads none) and closes them all
+when the block ends, however it ends. `run_chunks` saves each finished chunk so a crash loses at
+most one; `publish` writes the manifest and then the output, atomically.
+
+Progress: one bar on stderr per run of chunks, counting what the user counts (pairs, prompts),
+moved within a chunk as the engine finishes requests (`Progress`, the engines' `on_done`). At
+the end of a run that used an engine, one line per role gives its tokens per second of engine
+time, also in the manifest (`throughput`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from rlaif.engines import EngineSettings, result_settings
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.files import STDIO, manifest_path, read_jsonl, write_jsonl
+from rlaif.plumbing.manifest import build_manifest, write_manifest
+from rlaif.plumbing.options import group, option, output_option
+from rlaif.plumbing.outputs import PartialRun, existing_output, refuse_output_as_input, up_to_date
+from rlaif.plumbing.progress import Progress, TokenCounter, format_throughput
+from rlaif.plumbing.shard import Shard, manifest_fields, parse_shard, select
+
+
+@dataclass(kw_only=True)
+class RecordSettings:
+    """The options every record stage shares: where its output goes, seeds, chunks, engine."""
+
+    output: str = output_option()
+    seed: int = option(0, help="Seed for principle sampling and generation.")
+    # the engine sees every record of a chunk at once (the bar still moves within one, as
+    # requests finish); also the resume granularity
+    chunk_size: int = option(256, help="Records processed together and saved per step of progress.")
+    force: bool = option(
+        False, help="Discard an interrupted run with other settings.", flags=("--force",)
+    )
+    engine: EngineSettings = group(EngineSettings)
+
+    def __post_init__(self):
+        if self.chunk_size < 1:
+            raise UserError(f"--chunk-size {self.chunk_size}: must be at least 1")
+
+
+@dataclass(kw_only=True)
+class ShardedRecordSettings(RecordSettings):
+    """A record stage whose shards `rlaif merge` can join."""
+
+    # this machine's share of the records (--shard I/N)
+    shard: Shard | None = option(
+        None,
+        help="Do only shard I of N (e.g. 2/4), chosen by record id; join them with `rlaif merge`.",
+        parse=parse_shard,
+    )
+
+
+def settings_fingerprint(cfg, input_field: str, **resolved) -> dict:
+    """What must not change for an interrupted run to be resumed: the settings (not where the
+    output goes, nor --force; the input by its hash, not its path) and `resolved` values."""
+    # max_skipped decides whether to publish, not what any row holds
+    ignored = ("output", "force", "max_skipped", input_field)
+    return {**{k: v for k, v in asdict(cfg).items() if k not in ignored}, **resolved}
+
+
+@dataclass
+class ChunkedRun:
+    rows: list[dict]  # one per input record, in input order
+    resumed: int  # records taken from an interrupted run's partial file
+
+
+def run_in_chunks(
+    *,
+    output: str,
+    fingerprint: dict,
+    force: bool,
+    records: Sequence,
+    chunk_size: int,
+    process_chunk: Callable[[list, Progress], list[dict]],
+    description: str,
+    unit: str = "record",
+) -> ChunkedRun:
+    """Process `records` chunk by chunk, saving each finished chunk so a crash loses at most one.
+
+    `process_chunk(chunk, progress)` returns one row (with the record's `id`) per record and
+    passes `progress`'s callbacks to the engine (see `Progress`), so the bar, counting `unit`s,
+    moves as requests finish.
+    """
+    from tqdm import tqdm
+
+    partial = PartialRun(output, fingerprint, force) if output != STDIO else None
+    done: dict[str, dict] = dict(partial.done) if partial else {}
+    resumed = len(done)
+    if resumed:
+        print(f"resuming: {resumed} of {len(records)} records already done", file=sys.stderr)
+    pending = [r for r in records if r.id not in done]
+    with tqdm(
+        total=len(pending),
+        desc=description,
+        unit=unit,
+        # tqdm's default, with the unit after the counts: "18/40 pairs"
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {unit}s [{elapsed}<{remaining},"
+        " {rate_fmt}{postfix}]",
+        file=sys.stderr,
+        delay=1.0,  # a run that fails at once (a bad server, say) shows its error alone
+        dynamic_ncols=True,
+    ) as bar:
+        for start in range(0, len(pending), chunk_size):
+            chunk = pending[start : start + chunk_size]
+            progress = Progress(bar, len(chunk))
+            rows = process_chunk(chunk, progress)
+            progress.finish()
+            if partial:
+                partial.append(rows)
+            done.update((row["id"], row) for row in rows)
+    return ChunkedRun([done[r.id] for r in records], resumed)
+
+
+def publish(output: str, rows: list[dict], manifest: dict) -> None:
+    """Write the manifest, then the output (atomically), then drop the partial file.
+
+    The manifest goes first so that whenever the output exists its provenance does too.
+    """
+    if output == STDIO:
+        write_jsonl(output, rows)
+        return
+    write_manifest(manifest_path(output), manifest)
+    write_jsonl(output, rows)
+    PartialRun.discard(output)
+
+
+class RecordStage:
+    """One run of a record stage; use it as a context manager so its engines are closed.
+
+    `models` maps each role to a model spec (None: the first role's model, e.g. a policy that
+    judges itself); one engine is built per distinct model. `engines` gives some roles engine
+    settings of their own (a jury's judge on another engine or server); the others use
+    `cfg.engine`. `cfg` must have `engine`, `seed`, `chunk_size`, `force`, `output` and, for
+    `--shard`, `shard`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        cfg,
+        *,
+        input_field: str,
+        parse: Callable[[str, list], list],
+        models: dict[str, str | None],
+        constitution: str | None = None,
+        engines: dict[str, EngineSettings] | None = None,
+    ):
+        from rlaif.engines import resolve_engine_name
+        from rlaif.judging.constitution import load_constitution, resolve_constitution_path
+        from rlaif.plumbing.models import resolve_model_for
+
+        self.started = time.time()
+        self.name, self.cfg, self.input_field = name, cfg, input_field
+        self.input_path = getattr(cfg, input_field)
+        rows, self.input_sha = read_jsonl(self.input_path)
+        self.parsed = parse(self.input_path, rows)  # the whole input
+        self.shard = getattr(cfg, "shard", None)
+        self.records = select(self.parsed, self.shard)  # this shard's share
+        if self.shard:
+            print(
+                f"shard {self.shard}: {len(self.records)} of {len(self.parsed)} records",
+                file=sys.stderr,
+            )
+        constitution_path = resolve_constitution_path(constitution) if constitution else None
+        # Checked before anything slow (models): an output that is an input, or a file rlaif
+        # did not write, fails at once.
+        refuse_output_as_input(
+            cfg.output,
+            [self.input_path, constitution_path, *(m for m in models.values() if m)],
+            "-o/--output",
+        )
+        previous = existing_output(cfg.output, cfg.force, folder=False, option="-o/--output")
+        self.constitution = load_constitution(constitution_path) if constitution_path else None
+        self.engine_name = resolve_engine_name(cfg.engine.engine)
+        self.settings = replace(cfg.engine, engine=self.engine_name)
+        self.role_settings = {
+            role: replace(s, engine=resolve_engine_name(s.engine))
+            for role, s in (engines or {}).items()
+        }
+        first = next(iter(models.values()))
+        self.models = {
+            role: resolve_model_for(spec or first, self._settings(role).engine)
+            for role, spec in models.items()
+        }
+        self.tokens = TokenCounter()
+        self._engines: dict[str, object] = {}
+        self._dtypes: dict[tuple, dict[str, str]] = {}  # engine key -> use -> dtype it ran in
+        # Once: a local model folder's identity stats every file in it.
+        self._model_ids = {f"{role}_model_sha256": m.identity() for role, m in self.models.items()}
+        # The manifest of an output that is up to date: the stage has nothing to do.
+        self.up_to_date = up_to_date(
+            cfg.output, previous, self.fingerprint(), cfg.force, "-o/--output"
+        )
+
+    def _settings(self, role: str) -> EngineSettings:
+        return self.role_settings.get(role, self.settings)
+
+    def fingerprint(self, **extra) -> dict:
+        if self.role_settings:  # only then, so that other runs' fingerprints stay as they were
+            extra["role_engines"] = {r: result_settings(s) for r, s in self.role_settings.items()}
+        return settings_fingerprint(
+            self.cfg,
+            self.input_field,
+            engine=result_settings(self.settings),
+            input_sha256=self.input_sha,
+            constitution_sha256=self.constitution.sha256 if self.constitution else None,
+            **self._model_ids,
+            **extra,
+        )
+
+    def engine(self, role: str, share: float | None = None):
+        """The engine of `role`'s model, built on first use. `share`: the fraction of the
+        accelerator it may take (default: split between the stage's distinct models)."""
+        from rlaif.engines import make_engine
+        from rlaif.plumbing.errors import UserError
+
+        model, settings = self.models[role], self._settings(role)
+        key = self._engine_key(role)
+        if key not in self._engines:
+            distinct = len({m.path for m in self.models.values()})
+            share = share or 1.0 / distinct
+            engine = make_engine(model.path, settings, self.cfg.seed, share)
+            self._engines[key] = engine
+            served = [getattr(e, "model_id", None) for e in self._engines.values()]
+            if len(served) > 1 and len(set(served)) < len(served):
+                # One server answering two model names with its single model would, e.g.,
+                # make the policy judge itself without anyone asking for it.
+                raise UserError(
+                    f"two of {', '.join(self.models)} reach the server's one model"
+                    f" {engine.model_id!r}; serve each model under its own name"
+                )
+        return self._engines[key]
+
+    def _engine_key(self, role: str) -> tuple:
+        """One engine per model and the engine it runs on (a jury may hold one model twice)."""
+        settings = self._settings(role)
+        return (self.models[role].path, settings.engine, settings.base_url)
+
+    def engine_dtypes(self) -> dict[str, dict[str, str]]:
+        """The dtype each role's model ran in, per use (e.g. judge: {"score": "bfloat16"}):
+        --dtype auto resolves per machine and per use (`engines.resolved_dtype`)."""
+        for key, engine in self._engines.items():
+            # an engine that reports no dtypes (a stand-in) records none
+            self._dtypes.setdefault(key, {}).update(getattr(engine, "dtypes", {}))
+        used = {role: self._dtypes.get(self._engine_key(role)) for role in self.models}
+        return {role: dtypes for role, dtypes in used.items() if dtypes}
+
+    def close_engines(self) -> None:
+        self.engine_dtypes()  # remembered for the manifest
+        engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            engine.close()
+
+    def __enter__(self) -> RecordStage:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close_engines()
+        if exc_type is None and self.tokens.engine_s:  # once, after all of the run's chunks
+            print(format_throughput(self.tokens.throughput()), file=sys.stderr)
+
+    def run_chunks(
+        self,
+        records: Sequence,
+        process_chunk: Callable[[list, Progress], list[dict]],
+        *,
+        unit: str = "record",
+        output: str | None = None,
+        description: str | None = None,
+        **fingerprint_extra,
+    ) -> ChunkedRun:
+        """`run_in_chunks` with this run's fingerprint, into `output` (default: the stage's);
+        the bar counts `unit`s ("pair", "prompt")."""
+        return run_in_chunks(
+            output=output or self.cfg.output,
+            fingerprint=self.fingerprint(**fingerprint_extra),
+            force=self.cfg.force,
+            records=records,
+            chunk_size=self.cfg.chunk_size,
+            process_chunk=process_chunk,
+            description=description or self.name,
+            unit=unit,
+        )
+
+    def manifest(self, *, counts: dict, input_lines: list[int] | None = None, **extra) -> dict:
+        """The run's manifest; `input_lines` (each output row's input line) make a shard's
+        output mergeable."""
+        shard_fields = manifest_fields(self.shard, input_lines or [])
+        return build_manifest(
+            self.name,
+            self.cfg,
+            inputs={self.input_field: {"path": self.input_path, "sha256": self.input_sha}},
+            models={
+                **{role: m.describe() for role, m in self.models.items()},
+                "engine": self.engine_name,
+                # servers (base_url) are where, not what: left out, as from fingerprints
+                **{f"{role}_engine": s.engine for role, s in self.role_settings.items()},
+            },
+            constitution=self.constitution,
+            counts=counts,
+            tokens=self.tokens.tokens,
+            started=self.started,
+            extra={
+                **extra,
+                **shard_fields,
+                "engine_dtypes": self.engine_dtypes(),
+                # tokens per second of engine time, by role (what `tokens` took)
+                "throughput": self.tokens.throughput(),
+                "fingerprint": self.fingerprint(),
+            },
+        )
+
+    def publish(self, rows: list[dict], **manifest_args) -> dict:
+        manifest = self.manifest(**manifest_args)
+        publish(self.cfg.output, rows, manifest)
+        return manifest
+
+
+def work_dir(output: str) -> Path:
+    """`OUT.work/`: a stage's intermediate files (e.g. eval winrate's answers), kept until the
+    run finishes so a rerun resumes."""
+    return Path(output).with_name(Path(output).name + ".work")
+
+
+def local_engines():
+    """The engine options of a stage that runs several models here, one after the other (eval
+    winrate, eval refusals): one server answers with one model, so --engine openai is not
+    offered."""
+    return group(
+        EngineSettings,
+        only=(
+            "engine",
+            "tensor_parallel_size",
+            "gpu_memory_utilization",
+            "max_model_len",
+            "batch_size",
+            "trust_remote_code",
+            "dtype",
+        ),
+        help={"engine": "Inference engine: auto (vLLM if installed), vllm or hf."},
+        choices={"engine": ("auto", "vllm", "hf")},
+    )
+
+
+def answer_records(stage: RecordStage, role: str, sampling, salt: str) -> list[str]:
+    """Each record's answer from `role`'s model, resumable in OUT.work/ROLE.jsonl; seeds come
+    from the record id and `salt`, so every model answers a prompt with the same seed."""
+    from rlaif.plumbing.seeds import derived_seed
+
+    def process(chunk, progress):
+        seeds = [derived_seed(stage.cfg.seed, salt, r.id) for r in chunk]
+        # The models answer one after the other, so each may take the whole accelerator.
+        engine = stage.engine(role, share=1.0)
+        with stage.tokens.timed(role, engine):
+            outs = engine.generate(
+                [r.messages for r in chunk], sampling, seeds, on_done=progress.on_done(len(chunk))
+            )
+        stage.tokens.add_completions(role, outs)
+        return [{"id": r.id, "text": o.text} for r, o in zip(chunk, outs, strict=True)]
+
+    output = str(work_dir(stage.cfg.output) / f"{role}.jsonl")
+    result = stage.run_chunks(
+        stage.records,
+        process,
+        unit="prompt",
+        output=output,
+        description=f"answer ({role})",
+        phase=role,
+    )
+    stage.close_engines()
+    return [row["text"] for row in result.rows]

@@ -1,0 +1,435 @@
+"""What every training stage (train-rm, sft, dpo, rl) shares around its TRL trainer.
+
+- `TrainingSettings`: the options all of them take (model, LoRA, schedule, checkpoints, seed).
+- `run_training`: the one training run: checkpoint folder, TRL arguments, LoRA, resume,
+  training and publishing; a stage supplies its data, models and trainer.
+- Resumable runs: checkpoints live in `DIR.partial/` next to a fingerprint of the settings and
+  inputs; a rerun with the same settings resumes from the newest complete checkpoint, other
+  settings are refused unless `--force`.
+- Atomic output: the final folder is staged inside `DIR.partial/` and renamed into place, so a
+  Makefile never sees half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rlaif.plumbing import hardware, internals
+from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.files import write_json, write_jsonl
+from rlaif.plumbing.manifest import build_manifest
+from rlaif.plumbing.models import EMBEDDED_ALIAS, ResolvedModel
+from rlaif.plumbing.options import option
+from rlaif.plumbing.outputs import (
+    existing_output,
+    folder_files,
+    refuse_output_as_input,
+    resume_or_refuse,
+    up_to_date,
+)
+from rlaif.training.fused_lm_head import fitted_to_cpu
+
+SETTINGS_FILE = "rlaif-settings.json"
+
+
+@dataclass(kw_only=True)
+class TrainingSettings:
+    """The options every training stage shares: model, LoRA, schedule, checkpoints, seed."""
+
+    output_dir: str = option(help="Folder for the trained model.", flags=("-o", "--output-dir"))
+    model: str = option(
+        EMBEDDED_ALIAS,
+        help="Starting model: HF folder, hub id, .gguf or alias.",
+        flags=("-m", "--model"),
+    )
+    lora: bool = option(False, help="Train LoRA adapters (merged at the end).", flags=("--lora",))
+    lora_r: int = option(16, help="LoRA rank.")
+    lora_alpha: int = option(32, help="LoRA alpha.")
+    epochs: float = option(1.0, help="Passes over the training data.")
+    max_steps: int = option(-1, help="Stop after this many steps (-1: epochs).")
+    learning_rate: float = option(
+        1e-5, help="Peak learning rate.", flags=("--lr", "--learning-rate")
+    )
+    batch_size: int = option(8, help="Examples per device per step.")
+    gradient_accumulation_steps: int = option(1, help="Steps per optimiser update.")
+    max_length: int = option(1024, help="Longest example in tokens.")
+    save_steps: int = option(50, help="Checkpoint every this many steps.")
+    # On (TRL's own default): activations of only one layer at a time are held, so memory
+    # grows with batch x length by ~70 KiB per token instead of ~1.3 MiB for the 135M model
+    # (benchmarks/training_step_times.py); costs one extra forward pass per step.
+    gradient_checkpointing: bool = option(
+        True, help="Recompute activations in the backward pass: far less memory, slower steps."
+    )
+    # auto: with the defaults, 1.6-3.1x the float32 step rate on this AVX-512 BF16 CPU, losses
+    # within ~1% (benchmarks/training_step_times.py)
+    dtype: str = option(
+        "auto",
+        help="Training precision: auto (bfloat16 where the CPU or GPU has bf16 arithmetic, else"
+        " float32), float32, or bfloat16 (autocast over float32 master weights).",
+    )
+    num_processes: int = option(
+        1, help="Data-parallel processes (runs itself under torch.distributed)."
+    )
+    seed: int = option(0, help="Seed for data order, initialisation and sampling.")
+    force: bool = option(
+        False, help="Discard an interrupted run with other settings.", flags=("--force",)
+    )
+    trust_remote_code: bool = option(
+        False, help="Run model code from the hub (off: safer).", flags=("--trust-remote-code",)
+    )
+
+    def __post_init__(self):
+        too_short = self.max_length is not None and self.max_length < 8
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1 or too_short:
+            raise UserError(
+                "--batch-size and --gradient-accumulation-steps >= 1, --max-length >= 8"
+            )
+        if self.learning_rate <= 0:
+            raise UserError(f"--learning-rate {self.learning_rate}: must be > 0")
+        if self.num_processes < 1:
+            raise UserError(f"--num-processes {self.num_processes}: must be at least 1")
+        if self.dtype not in TRAINING_DTYPES:
+            raise UserError(f"--dtype {self.dtype}: choose one of {', '.join(TRAINING_DTYPES)}")
+
+    @property
+    def precision(self) -> str:
+        """--dtype resolved on this machine: float32 or bfloat16."""
+        return training_precision(self.dtype)
+
+    def check_output(self, *inputs: str | None) -> dict | None:
+        """Before anything slow: the output folder is none of the inputs (nor holds one) and
+        holds nothing rlaif did not write. Returns the manifest of what rlaif wrote there."""
+        refuse_output_as_input(self.output_dir, [*inputs, self.model], "-o/--output-dir")
+        return existing_output(self.output_dir, self.force, folder=True, option="-o/--output-dir")
+
+
+TRAINING_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def training_precision(dtype: str) -> str:
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if hardware.cpu_has_bf16() else "float32"
+
+
+def trainer_args(config_cls, cfg: TrainingSettings, work: Path, **stage_args):
+    """A TRL config with the shared settings; `stage_args` are the stage's own fields.
+
+    bfloat16 is autocast over float32 weights (the optimiser keeps float32 master weights);
+    TRL's own default (bf16=True) is replaced by --dtype."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return config_cls(
+        output_dir=str(work),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        bf16=cfg.precision == "bfloat16",
+        use_cpu=not on_gpu,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        report_to=[],
+        disable_tqdm=False,
+        **stage_args,
+    )
+
+
+def lora_config(cfg: TrainingSettings, task_type: str):
+    if not cfg.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type=task_type, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear"
+    )
+
+
+def load_causal_lm(path: str, trust_remote_code: bool = False):
+    """A causal LM in float32 (CPU-safe; the Trainer casts on GPU) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    return model, tokenizer
+
+
+def run_fingerprint(cfg: TrainingSettings, inputs: dict[str, str], model_sha: str | None) -> dict:
+    """What must match for a checkpoint to be resumed: settings that shape training, inputs."""
+    # How many processes share the work changes nothing a checkpoint holds.
+    ignored = {"output_dir", "force", "save_steps", "num_processes"}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ignored}
+    return {**settings, "precision": cfg.precision, "inputs": inputs, "model_sha256": model_sha}
+
+
+@dataclass
+class CheckpointRun:
+    """`DIR.partial/`: checkpoints, the settings fingerprint, and the staged final folder."""
+
+    output_dir: Path
+    work: Path
+    resume_from: Path | None
+
+    @classmethod
+    def open(cls, output_dir: str, fingerprint: dict, force: bool) -> CheckpointRun:
+        out = Path(output_dir)
+        work = out.with_name(out.name + ".partial")
+        resume = prepare_checkpoint_dir(work, fingerprint, force)
+        if resume:
+            print(f"resuming from the last checkpoint, {resume}", file=sys.stderr)
+        return cls(out, work, resume)
+
+    @property
+    def staging(self) -> Path:
+        return self.work / "final"
+
+
+def prepare_checkpoint_dir(work: Path, fingerprint: dict, force: bool) -> Path | None:
+    """The checkpoint to resume from, if any; refuses other settings unless forced.
+
+    Under `--num-processes`/`accelerate launch` only the main process (RANK 0) checks, clears
+    and writes the folder; the others wait for its settings file. Checking in every process
+    raced: a process that saw the folder before the main one wrote the file refused to run.
+    """
+    settings_file = work / SETTINGS_FILE
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _wait_for_main_process(work, fingerprint)
+    recorded = _read_settings(settings_file)
+    if work.exists():
+        # No complete checkpoint: nothing to lose, whatever the settings were.
+        nothing = last_complete_checkpoint(work) is None
+        if nothing or not resume_or_refuse(work, recorded, fingerprint, force):
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(settings_file, fingerprint)
+    return last_complete_checkpoint(work)
+
+
+def _read_settings(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing or unreadable: settings that match nothing
+
+
+def _wait_for_main_process(work: Path, fingerprint: dict, timeout_s: float = 600) -> Path | None:
+    settings_file = work / SETTINGS_FILE
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # The file is written atomically, so whatever is there is whole.
+        if _read_settings(settings_file) == fingerprint:
+            return _newest_complete(work)
+        time.sleep(0.2)
+    raise UserError(f"{work}: the main process did not prepare it in {timeout_s:.0f} s")
+
+
+def _newest_complete(work: Path) -> Path | None:
+    complete = [c for c in work.glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def last_complete_checkpoint(work: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing; a crash mid-save leaves one without
+    `trainer_state.json` (written last), which is removed so the run resumes from the one before."""
+    for checkpoint in work.glob("checkpoint-*"):
+        if not (checkpoint / "trainer_state.json").is_file():
+            shutil.rmtree(checkpoint)
+    return _newest_complete(work)
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Put `staging` at `target` by rename; an older `target` is moved aside first."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class InputFile:
+    path: str
+    sha256: str
+
+
+def run_training(
+    cfg: TrainingSettings,
+    *,
+    stage: str,
+    inputs: dict[str, InputFile | dict],
+    models: dict[str, ResolvedModel],
+    trl_config: type,
+    trl_args: dict,
+    lora_task: str,
+    build_trainer: Callable[[Any, Any], Any],
+    counts: Callable[[Any], dict[str, int]],
+    tokenizer,
+    curve_keys: list[str],
+    title: str,
+    started: float,
+    constitution=None,
+    evaluate: bool = False,
+) -> dict:
+    """Train and publish a model; returns the manifest ({} on processes other than the main).
+
+    `inputs`: each input file (or, for other inputs such as rl's reward, a dict that says
+    what it is), part of what a checkpoint must match to be resumed, with the settings and
+    the first model. `build_trainer(trl_args, peft_config)` makes the TRL trainer;
+    `counts(trainer)` the data counts for the manifest.
+    """
+    identities = {name: i.sha256 if isinstance(i, InputFile) else i for name, i in inputs.items()}
+    identities |= {f"{role}_sha256": m.identity() for role, m in list(models.items())[1:]}
+    first_model = next(iter(models.values()))
+    fingerprint = run_fingerprint(cfg, identities, first_model.identity())
+    refuse_output_as_input(
+        cfg.output_dir,
+        [i.path if isinstance(i, InputFile) else i.get("path") for i in inputs.values()]
+        + [m.path for m in models.values() if m.kind == "folder"],
+        "-o/--output-dir",
+    )
+    previous = cfg.check_output()
+    done = up_to_date(cfg.output_dir, previous, fingerprint, cfg.force, "-o/--output-dir")
+    if done is not None:
+        return done
+    internals.require("trl")
+    run = CheckpointRun.open(cfg.output_dir, fingerprint, cfg.force)
+    from transformers import set_seed
+
+    # TRL's trainers wrap the model in LoRA adapters (random A matrices) before the Trainer
+    # seeds itself: seeded here, the same command starts from the same adapters.
+    set_seed(cfg.seed)
+    try:
+        with fitted_to_cpu():
+            trainer = build_trainer(
+                trainer_args(trl_config, cfg, run.work, **trl_args), lora_config(cfg, lora_task)
+            )
+            trainer.add_callback(hardware.return_freed_memory_to_os())
+            return train_and_publish(
+                trainer,
+                run,
+                stage=stage,
+                cfg=cfg,
+                tokenizer=tokenizer,
+                inputs={
+                    name: asdict(i) if isinstance(i, InputFile) else i for name, i in inputs.items()
+                },
+                models=models,
+                counts=counts(trainer),
+                curve_keys=curve_keys,
+                title=title,
+                started=started,
+                constitution=constitution,
+                evaluate=evaluate,
+                fingerprint=fingerprint,
+            )
+    except BaseException:
+        # A run that saved no checkpoint leaves nothing behind to block a corrected rerun.
+        if _is_main_process() and last_complete_checkpoint(run.work) is None:
+            shutil.rmtree(run.work, ignore_errors=True)
+        raise
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train_and_publish(
+    trainer,
+    run: CheckpointRun,
+    *,
+    stage: str,
+    cfg: Any,
+    tokenizer,
+    inputs: dict[str, dict],
+    models: dict[str, ResolvedModel],
+    counts: dict[str, int],
+    curve_keys: list[str],
+    title: str,
+    started: float,
+    constitution=None,
+    evaluate: bool = False,
+    fingerprint: dict | None = None,
+) -> dict:
+    """Train (resuming if possible), then write the model folder with metrics.json, log.jsonl,
+    curves.png and manifest.json, and move it into place. Returns the manifest ({} on ranks
+    other than the main one, which only take part in training)."""
+    result = trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
+    eval_metrics = trainer.evaluate() if evaluate else {}
+    if not trainer.is_world_process_zero():
+        return {}
+
+    staging = run.staging
+    shutil.rmtree(staging, ignore_errors=True)
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):  # LoRA: a plain model folder, loadable without peft
+        model = model.merge_and_unload()
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    metrics = {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        # of this (main) process; ru_maxrss is in KiB on Linux
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "eval": eval_metrics,
+        "log_history": trainer.state.log_history,
+    }
+    write_json(staging / "metrics.json", metrics)
+    # One JSON line per logged step (loss, reward, KL, ... as the trainer reports them).
+    write_jsonl(str(staging / "log.jsonl"), trainer.state.log_history)
+    from rlaif.plumbing.plots import plot_curves
+
+    plot_curves(trainer.state.log_history, curve_keys, staging / "curves.png", title)
+    manifest = build_manifest(
+        stage,
+        cfg,
+        inputs=inputs,
+        models={role: m.describe() for role, m in models.items()},
+        constitution=constitution,
+        counts={
+            **counts,
+            "steps": trainer.state.global_step,
+            "processes": trainer.args.world_size,
+        },
+        tokens={"train_tokens": internals.total_train_tokens(trainer)},
+        started=started,
+        extra={
+            "metrics": {k: v for k, v in metrics.items() if k != "log_history"},
+            "fingerprint": fingerprint,
+            "precision": cfg.precision,
+            # what rlaif wrote here: a later run may replace these files, never others
+            "files": folder_files(staging),
+        },
+    )
+    write_json(staging / "manifest.json", manifest)
+    replace_dir(staging, run.output_dir)
+    shutil.rmtree(run.work, ignore_errors=True)
+    print(f"step {metrics['steps']} | loss {result.training_loss:.4f}", file=sys.stderr)
+    return manifest
