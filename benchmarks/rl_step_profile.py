@@ -72,13 +72,13 @@ def profile(algo: str, variant: str, reward: str, steps: int) -> dict:
             parts["update"] = step - sum(parts.values())
             per_step.append({"step": step, **parts})
 
-    original_publish = training.train_and_publish
+    original_publish = training.TrainingJob.train_and_publish
 
-    def with_clock(trainer, *args, **kwargs):
+    def with_clock(job, trainer, *args, **kwargs):
         trainer.add_callback(StepClock())
-        return original_publish(trainer, *args, **kwargs)
+        return original_publish(job, trainer, *args, **kwargs)
 
-    training.train_and_publish = with_clock
+    training.TrainingJob.train_and_publish = with_clock
     dtype, checkpointing = variant.split()
     work = Path(tempfile.mkdtemp(prefix="rlaif-rl-profile-"))
     rl.run(

@@ -172,3 +172,30 @@ def test_a_training_run_that_saves_no_checkpoint_leaves_nothing(tmp_path, home_w
     failed = cli("sft", str(data), "-o", str(out), "--max-length", "16", "--max-steps", "1")
     assert failed.returncode == 2 and "raise --max-length" in failed.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chats.jsonl"]
+
+
+def test_every_stage_checks_its_output_through_the_one_guard():
+    """The policy's parts (output as input, not ours, up to date, changed settings) are called
+    from outputs.py alone; stages and the training job call `guard_output` and its guard."""
+    import re
+
+    repo = Path(__file__).resolve().parent.parent
+    parts = re.compile(
+        r"\b(refuse_output_as_input|existing_output|check_existing_output|check_overwrite)\("
+        r"|(?<![.\w])up_to_date\("
+    )
+    callers = [
+        str(p.relative_to(repo))
+        for p in (repo / "rlaif").rglob("*.py")
+        if p.name != "outputs.py" and parts.search(p.read_text())
+    ]
+    assert callers == []
+
+
+def test_a_guard_refuses_an_input_it_learns_of_later(tmp_path):
+    from rlaif.plumbing.outputs import guard_output
+
+    out = tmp_path / "model"
+    guard = guard_output(str(out), inputs=[], force=False, option="-o", kind="folder")
+    with pytest.raises(UserError, match="is also an input"):
+        guard.refuse_inputs([str(out)])

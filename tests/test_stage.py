@@ -231,3 +231,16 @@ def test_a_real_label_run_shows_pairs_within_a_chunk_and_the_judges_tokens_per_s
     assert judge["prompt_tokens"] == manifest["tokens"]["judge_prompt_tokens"] > 0
     assert judge["engine_s"] > 0 and judge["tokens_per_s"] > 0
     assert f"judge: {judge['tokens_per_s']:,.1f} tokens/s" in err
+
+
+def test_options_that_change_no_row_are_left_out_of_the_fingerprint():
+    """Declared by the stage that has them (fingerprint=False), not listed by the skeleton:
+    where the output goes, --force, label's --max-skipped."""
+    from rlaif.stages.label import LabelConfig
+    from rlaif.stages.runner import settings_fingerprint
+
+    a = LabelConfig(pairs="p.jsonl", output="a.jsonl")
+    b = LabelConfig(pairs="q.jsonl", output="b.jsonl", force=True, max_skipped="5%")
+    assert settings_fingerprint(a, "pairs") == settings_fingerprint(b, "pairs")
+    c = LabelConfig(pairs="p.jsonl", output="a.jsonl", seed=1)
+    assert settings_fingerprint(a, "pairs") != settings_fingerprint(c, "pairs")

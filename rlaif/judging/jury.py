@@ -340,35 +340,32 @@ def stage_judges(judges: dict[str, Judge], engine: EngineSettings) -> dict:
     }
 
 
-def judge_records(stage, chunk, tokens, progress) -> list[dict]:
-    """Label rows for `chunk` of a RecordStage whose config has `judges` and `judging`: from
-    the judge, or from every judge of a jury."""
-    cfg = stage.cfg
-    if len(cfg.judges) > 1:
-        judges = [(role, stage.engine(role)) for role in cfg.judges]
-        return judge_chunk_jury(
-            chunk, judges, cfg.judging, cfg.seed, stage.constitution, tokens, progress
-        )
-    judge = stage.engine("judge")
-    return judge_chunk(chunk, judge, cfg.judging, cfg.seed, stage.constitution, tokens, progress)
+def judge_records(
+    chunk, roles: list[str], engine_of, judging, seed: int, constitution, tokens, progress
+) -> list[dict]:
+    """Label rows for `chunk`: from the one judge, or from every judge of a jury. `roles`: the
+    judges' roles in the jury's order; `engine_of(role)`: the engine of one (built on first
+    use)."""
+    if len(roles) > 1:
+        judges = [(role, engine_of(role)) for role in roles]
+        return judge_chunk_jury(chunk, judges, judging, seed, constitution, tokens, progress)
+    return judge_chunk(chunk, engine_of(roles[0]), judging, seed, constitution, tokens, progress)
 
 
-def too_long_pairs(stage, records) -> list[str]:
+def too_long_pairs(
+    records, judges: list[tuple[str, object]], judging, seed: int, constitution
+) -> list[str]:
     """Ids of the pairs whose judge prompts do not fit some local judge's context window (a
-    server says so itself)."""
+    server says so itself). `judges`: each judge's model folder and engine settings."""
     from transformers import AutoTokenizer
 
-    cfg = stage.cfg
     found: list[str] = []
-    for role in cfg.judges:  # each local judge's own tokenizer and window
-        settings = stage.role_settings.get(role, stage.settings)
+    for path, settings in judges:  # each local judge's own tokenizer and window
         if settings.engine == "openai" or not records:
             continue
         tokenizer = AutoTokenizer.from_pretrained(
-            stage.models[role].path, trust_remote_code=settings.trust_remote_code
+            path, trust_remote_code=settings.trust_remote_code
         )
-        ids = too_long(
-            records, cfg.judging, cfg.seed, stage.constitution, tokenizer, settings.max_model_len
-        )
+        ids = too_long(records, judging, seed, constitution, tokenizer, settings.max_model_len)
         found += [i for i in ids if i not in found]
     return found

@@ -30,6 +30,7 @@ def option(
     argument: bool = False,
     parse: Callable[[Any], Any] | None = None,
     default_factory: Any = MISSING,
+    fingerprint: bool = True,
 ) -> Any:
     """A Config field that is also a command-line option.
 
@@ -37,14 +38,22 @@ def option(
     `argument`: a positional argument instead of an option.
     `parse`: turns the command line's text into the field's value (e.g. "2/4" into a Shard);
     the option then takes text, shown without a default.
+    `fingerprint=False`: the option changes nothing a row holds (where the output goes,
+    whether to publish), so a run resumes and an output stays up to date across its values.
     """
-    metadata = {"help": help, "flags": flags, "argument": argument, "parse": parse}
+    metadata = {
+        "help": help,
+        "flags": flags,
+        "argument": argument,
+        "parse": parse,
+        "fingerprint": fingerprint,
+    }
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 def output_option(help: str = "Output JSONL file ('-' for stdout).") -> Any:
     """The `-o/--output` of a stage that writes a JSONL file."""
-    return option(help=help, flags=("-o", "--output"))
+    return option(help=help, flags=("-o", "--output"), fingerprint=False)
 
 
 def group(

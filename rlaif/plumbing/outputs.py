@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rlaif.plumbing.errors import UserError
@@ -167,6 +168,52 @@ def _touch(output: Path) -> None:
     for path in (output, manifest_path(str(output)), output / "manifest.json"):
         if path.is_file():
             os.utime(path)
+
+
+@dataclass
+class OutputGuard:
+    """A run's output, checked: what `guard_output` found there, and the check still to come
+    once the run's fingerprint is known (models resolved, inputs hashed)."""
+
+    output: str
+    option: str
+    force: bool
+    previous: dict | None  # the manifest of what rlaif wrote there before
+
+    def refuse_inputs(self, inputs: Iterable[str | None]) -> None:
+        """Inputs known only later (a resolved model folder, a second input file) must not be
+        the output either."""
+        refuse_output_as_input(self.output, inputs, self.option)
+
+    def up_to_date(self, fingerprint: dict) -> dict | None:
+        """The previous manifest, marked `up_to_date`, when the run would make the same output:
+        nothing to do. None: go ahead. Other settings on an existing output: refused."""
+        return up_to_date(self.output, self.previous, fingerprint, self.force, self.option)
+
+
+def guard_output(
+    output: str,
+    *,
+    inputs: Iterable[str | None],
+    force: bool,
+    option: str,
+    kind: str | Callable[[Path], bool] = "file",
+) -> OutputGuard:
+    """The one check of what a run writes, before any work: the output is none of the inputs
+    (nor a folder holding one), and whatever lies there was written by rlaif.
+
+    `kind`: "file" (a JSONL output with OUT.manifest.json beside it), "folder" (a model folder
+    with manifest.json inside), or, for a file that carries no manifest (a report, a plot),
+    the function that tells whether rlaif wrote it. Standard output passes every check."""
+    if output == STDIO:
+        return OutputGuard(output, option, force, None)
+    if callable(kind):
+        check_overwrite(output, kind, option)
+        refuse_output_as_input(output, inputs, option)
+        return OutputGuard(output, option, force, None)
+    refuse_output_as_input(output, inputs, option)
+    previous = existing_output(output, force, folder=kind == "folder", option=option)
+    return OutputGuard(output, option, force, previous)
 
 
 def check_existing_output(

@@ -24,7 +24,7 @@ from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.files import read_jsonl
 from rlaif.plumbing.models import resolve_model
 from rlaif.plumbing.options import option
-from rlaif.training.job import InputFile, TrainingSettings, load_causal_lm, run_training
+from rlaif.training.job import InputFile, TrainingJob, TrainingSettings, load_causal_lm
 from rlaif.training.preference_data import (
     LabelModeSettings,
     collator_with_label_p,
@@ -151,7 +151,7 @@ def training_rows(rows: list[dict], cfg: DPOConfig) -> tuple[list[dict], int]:
 
 def run(cfg: DPOConfig) -> dict:
     started = time.time()
-    cfg.check_output(cfg.prefs, cfg.ref_model)
+    guard = cfg.guard_output(cfg.prefs, cfg.ref_model)
     raw, input_sha = read_jsonl(cfg.prefs)
     rows, dropped_low_confidence = training_rows(preference_rows(cfg.prefs, raw), cfg)
     if not rows:
@@ -187,9 +187,10 @@ def run(cfg: DPOConfig) -> dict:
             peft_config=peft_config,
         )
 
-    return run_training(
-        cfg,
+    return TrainingJob(
         stage="dpo",
+        settings=cfg,
+        guard=guard,
         inputs={"prefs": InputFile(cfg.prefs, input_sha)},
         models={"base": resolved, **({"reference": reference} if reference else {})},
         trl_config=TRLDPOConfig,
@@ -216,4 +217,4 @@ def run(cfg: DPOConfig) -> dict:
         curve_keys=["loss", "rewards/accuracies", "rewards/margins"],
         title=f"DPO ({cfg.loss_type}, {cfg.label_mode} labels, beta {cfg.beta})",
         started=started,
-    )
+    ).run()

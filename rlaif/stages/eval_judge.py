@@ -15,7 +15,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlaif.engines import EngineSettings
 from rlaif.judging import jury
 from rlaif.judging.constitution import constitution_option
 from rlaif.judging.diagnostics import (
@@ -29,8 +28,9 @@ from rlaif.judging.judge import JudgingSettings
 from rlaif.plumbing.errors import UserError, at
 from rlaif.plumbing.files import STDIO, read_jsonl
 from rlaif.plumbing.options import group, option
-from rlaif.plumbing.outputs import check_overwrite, png_written_by_rlaif, refuse_output_as_input
+from rlaif.plumbing.outputs import guard_output, png_written_by_rlaif
 from rlaif.plumbing.pairs import parse_pair_records
+from rlaif.stages.runner import RunSettings
 
 GATE_EXIT_CODE = 3  # 2 is a user's error; 3 says the judge is not good enough, for Make
 
@@ -89,9 +89,8 @@ class CardSettings:
             (self.plot, "--plot", png_written_by_rlaif),
             (self.json_out, "--json", card_written_by_rlaif),
         ):
-            if path and path != STDIO:
-                check_overwrite(path, ours, name)
-                refuse_output_as_input(path, inputs, name)
+            if path:
+                guard_output(path, inputs=inputs, force=False, option=name, kind=ours)
 
 
 def _resolved(path: str) -> Path | None:
@@ -135,7 +134,7 @@ def evaluate_agreement(cfg: EvalAgreementConfig) -> dict:
 
 
 @dataclass(kw_only=True)
-class EvalJudgeConfig(CardSettings):
+class EvalJudgeConfig(CardSettings, RunSettings):
     """Judge reference pairs as `rlaif label` would and print the judge card; no label file.
 
     The pairs' own preference (chosen/rejected, or a label) is the reference. The judge, its
@@ -159,23 +158,19 @@ class EvalJudgeConfig(CardSettings):
     constitution: str = constitution_option()
     judge_model: list[str] = jury.judge_model_option()
     judging: JudgingSettings = group(JudgingSettings)
-    seed: int = option(0, help="Seed for principle sampling and the order each pair is shown in.")
-    chunk_size: int = option(256, help="Pairs sent to the engine together.")
-    engine: EngineSettings = group(EngineSettings)
-    # What RecordStage reads of a record stage: no label file is written, so nothing is resumed.
-    output: str = STDIO
-    force: bool = False
+    # RunSettings: seed, chunk size and engine, as `label` takes them; no label file is
+    # written, so nothing is resumed.
 
     def __post_init__(self):
-        super().__post_init__()
-        if self.chunk_size < 1:
-            raise UserError(f"--chunk-size {self.chunk_size}: must be at least 1")
+        CardSettings.__post_init__(self)
+        RunSettings.__post_init__(self)
         self.judges = jury.judge_roles(self.judge_model)
 
 
 def evaluate_judge(cfg: EvalJudgeConfig) -> dict:
     from rlaif.judging.constitution import resolve_constitution_path
-    from rlaif.stages.runner import RecordStage
+    from rlaif.stages.judge_runs import judge_chunk_of, too_long_for_judges
+    from rlaif.stages.runner import RecordStage, StageInput
 
     cfg.check_outputs(
         [cfg.pairs, resolve_constitution_path(cfg.constitution)]
@@ -194,13 +189,12 @@ def evaluate_judge(cfg: EvalJudgeConfig) -> dict:
     with RecordStage(
         "eval-judge",
         cfg,
-        input_field="pairs",
-        parse=parse,
+        StageInput("pairs", cfg.pairs, parse),
         constitution=cfg.constitution,
         **jury.stage_judges(cfg.judges, cfg.engine),
     ) as stage:
         records = [r for r in stage.records if not r.identical]
-        unfit = set(jury.too_long_pairs(stage, records))
+        unfit = set(too_long_for_judges(stage, records))
         skipped = len(stage.records) - len(records) + len(unfit)
         if skipped:
             print(
@@ -213,9 +207,7 @@ def evaluate_judge(cfg: EvalJudgeConfig) -> dict:
         if not records:
             raise at(cfg.pairs, None, "no pair left to judge")
 
-        def process(chunk, progress):
-            return jury.judge_records(stage, chunk, stage.tokens, progress)
-
+        process = judge_chunk_of(stage, stage.tokens)
         result = stage.run_chunks(records, process, unit="pair", description="judge")
     return publish_card(cfg, result.rows, cfg.pairs)
 

@@ -37,7 +37,14 @@ from rlaif.plumbing.errors import UserError, at
 from rlaif.plumbing.options import option, output_option
 from rlaif.plumbing.records import parse_prompt_records
 from rlaif.plumbing.stats import sigmoid
-from rlaif.stages.runner import RecordSettings, RecordStage, answer_records, local_engines, work_dir
+from rlaif.stages.runner import (
+    RecordSettings,
+    RecordStage,
+    StageInput,
+    answer_records,
+    local_engines,
+    work_dir,
+)
 
 # XSTest's string-match rule: openings of a full refusal (classify_completions_strmatch.py).
 REFUSAL_OPENINGS = (
@@ -327,8 +334,7 @@ def run(cfg: RefusalsConfig) -> dict:
     with RecordStage(
         "eval-refusals",
         cfg,
-        input_field="prompts",
-        parse=parse_labelled_prompts,
+        StageInput("prompts", cfg.prompts, parse_labelled_prompts),
         models=models,
     ) as stage:
         if stage.up_to_date:

@@ -34,7 +34,14 @@ from rlaif.plumbing.models import EMBEDDED_ALIAS
 from rlaif.plumbing.options import group, option, output_option
 from rlaif.plumbing.pairs import PairRecord
 from rlaif.plumbing.records import parse_prompt_records
-from rlaif.stages.runner import RecordSettings, RecordStage, answer_records, local_engines, work_dir
+from rlaif.stages.runner import (
+    RecordSettings,
+    RecordStage,
+    StageInput,
+    answer_records,
+    local_engines,
+    work_dir,
+)
 
 OUTCOMES = ("win", "tie", "loss")
 
@@ -220,8 +227,7 @@ def run(cfg: WinrateConfig) -> dict:
     with RecordStage(
         "eval-winrate",
         cfg,
-        input_field="prompts",
-        parse=parse_prompt_records,
+        StageInput("prompts", cfg.prompts, parse_prompt_records),
         models={"policy": cfg.policy, "baseline": cfg.baseline, "judge": cfg.judge_model},
         constitution=cfg.constitution,
     ) as stage:

@@ -25,7 +25,7 @@ from rlaif.plumbing.options import option
 from rlaif.plumbing.progress import Progress, TokenCounter
 from rlaif.plumbing.records import PromptRecord, parse_prompt_records
 from rlaif.plumbing.seeds import derived_seed
-from rlaif.stages.runner import RecordStage, ShardedRecordSettings
+from rlaif.stages.runner import RecordStage, ShardedRecordSettings, StageInput
 
 
 @dataclass(kw_only=True)
@@ -178,8 +178,7 @@ def run(cfg: GenerateConfig) -> dict:
     with RecordStage(
         "generate",
         cfg,
-        input_field="prompts",
-        parse=parse_prompt_records,
+        StageInput("prompts", cfg.prompts, parse_prompt_records),
         # One engine per distinct model: when the policy judges itself, it is loaded once.
         models={"policy": cfg.policy_model, "judge": cfg.judge_model},
         constitution=cfg.constitution,

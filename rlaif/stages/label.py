@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 from rlaif.judging import jury
@@ -27,7 +27,8 @@ from rlaif.plumbing.files import STDIO
 from rlaif.plumbing.options import group, option
 from rlaif.plumbing.pairs import parse_pair_records
 from rlaif.plumbing.progress import TokenCounter
-from rlaif.stages.runner import RecordStage, ShardedRecordSettings, work_dir
+from rlaif.stages.judge_runs import judge_chunk_of, too_long_for_judges
+from rlaif.stages.runner import RecordStage, ShardedRecordSettings, StageInput, work_dir
 
 
 @dataclass(kw_only=True)
@@ -68,10 +69,12 @@ class LabelConfig(ShardedRecordSettings):
     # several: a jury (see rlaif/judging/jury.py for the line format and the combination)
     judge_model: list[str] = jury.judge_model_option()
     judging: JudgingSettings = group(JudgingSettings)
+    # decides whether to publish, not what any row holds
     max_skipped: str | None = option(
         None,
         help="Fail when more pairs than this cannot be judged (identical, or too long): a"
         " count (0: none may be) or a share such as 5%. Default: skip and count them.",
+        fingerprint=False,
     )
     calibrate_on: str | None = option(
         None,
@@ -82,9 +85,6 @@ class LabelConfig(ShardedRecordSettings):
     calibration_folds: int = option(
         5, help="--calibrate-on: cross-validation folds for the held-out ECE before and after."
     )
-    # Set by `run`, not an option: the reference file's hash, so that the fingerprint (resume,
-    # "up to date") follows its content, as it follows the input's.
-    calibrate_on_sha256: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -137,24 +137,18 @@ def _report_skipped(
     )
 
 
-def _read_reference(cfg: LabelConfig) -> tuple[list, str]:
-    """The --calibrate-on pairs (each must state its preference) and the file's hash; read
-    before any model loads, so a bad file fails at once."""
-    from rlaif.plumbing.files import read_jsonl
-    from rlaif.plumbing.outputs import refuse_output_as_input
-
-    refuse_output_as_input(cfg.output, [cfg.calibrate_on], "-o/--output")
-    rows, sha = read_jsonl(cfg.calibrate_on)
-    records = parse_pair_records(cfg.calibrate_on, rows)
+def parse_reference_pairs(path: str, rows: list) -> list:
+    """The --calibrate-on pairs: each must state its preference."""
+    records = parse_pair_records(path, rows)
     for r in records:
         if r.reference is None:
             raise at(
-                cfg.calibrate_on,
+                path,
                 r.line,
                 "--calibrate-on needs a known preference per pair (chosen/rejected, or"
                 " 'preferred' with 'responses')",
             )
-    return records, sha
+    return records
 
 
 def _unjudgeable(stage: RecordStage, records: list) -> dict[str, str]:
@@ -162,7 +156,7 @@ def _unjudgeable(stage: RecordStage, records: list) -> dict[str, str]:
     counted and named, not fatal: real data has them (identical replies; pairs longer than
     the judge's context)."""
     unjudgeable = {r.id: "identical responses" for r in records if r.identical}
-    for record_id in jury.too_long_pairs(stage, [r for r in records if not r.identical]):
+    for record_id in too_long_for_judges(stage, [r for r in records if not r.identical]):
         unjudgeable[record_id] = f"longer than --max-model-len {stage.cfg.engine.max_model_len}"
     return unjudgeable
 
@@ -182,10 +176,7 @@ def _calibrate(stage: RecordStage, references: list) -> dict:
             f" than --calibration-folds {cfg.calibration_folds}"
         )
     tokens = TokenCounter()  # kept apart: the manifest's tokens measure the labelling itself
-
-    def process(chunk, progress):
-        return jury.judge_records(stage, chunk, tokens, progress)
-
+    process = judge_chunk_of(stage, tokens)
     output = STDIO if cfg.output == STDIO else str(work_dir(cfg.output) / "reference.jsonl")
     result = stage.run_chunks(
         kept,
@@ -200,7 +191,7 @@ def _calibrate(stage: RecordStage, references: list) -> dict:
     # only make the same pair's label depend on that flip.
     report = calibration_report(p_raw, outcomes, cfg.calibration_folds, cfg.seed, bias=False)
     report |= {
-        "reference": {"path": cfg.calibrate_on, "sha256": cfg.calibrate_on_sha256},
+        "reference": {"path": cfg.calibrate_on, "sha256": stage.inputs["calibrate_on"].sha256},
         "skipped": len(unjudgeable),
         "tokens": tokens.tokens,
     }
@@ -210,16 +201,17 @@ def _calibrate(stage: RecordStage, references: list) -> dict:
 
 def run(cfg: LabelConfig) -> dict:
     """Label every pair; returns the manifest (with judge diagnostics) and prints the report."""
-    references = None
-    if cfg.calibrate_on:
-        references, sha = _read_reference(cfg)
-        cfg = replace(cfg, calibrate_on_sha256=sha)
+    # more than two responses a row only for pointwise judging
+    pairs = StageInput(
+        "pairs", cfg.pairs, partial(parse_pair_records, many=cfg.judging.method == "rating")
+    )
+    # read and checked with the pairs, before any model loads: a bad file fails at once
+    reference = [StageInput("calibrate_on", cfg.calibrate_on, parse_reference_pairs)]
     with RecordStage(
         "label",
         cfg,
-        input_field="pairs",
-        # more than two responses a row only for pointwise judging
-        parse=partial(parse_pair_records, many=cfg.judging.method == "rating"),
+        pairs,
+        more_inputs=reference if cfg.calibrate_on else (),
         constitution=cfg.constitution,
         **jury.stage_judges(cfg.judges, cfg.engine),
     ) as stage:
@@ -232,12 +224,9 @@ def run(cfg: LabelConfig) -> dict:
         if not records and stage.records:
             raise UserError(f"{cfg.pairs}: no pair left to judge ({len(unjudgeable)} skipped)")
 
-        calibration = _calibrate(stage, references) if references is not None else None
-
-        def process(chunk, progress):
-            return jury.judge_records(stage, chunk, stage.tokens, progress)
-
-        result = stage.run_chunks(records, process, unit="pair")
+        references = stage.inputs.get("calibrate_on")
+        calibration = _calibrate(stage, references.records) if references else None
+        result = stage.run_chunks(records, judge_chunk_of(stage, stage.tokens), unit="pair")
         rows = result.rows
         if calibration:
             # Applied when publishing, so rows resumed from a partial file get it too.

@@ -20,7 +20,7 @@ from rlaif.plumbing.errors import UserError, at
 from rlaif.plumbing.files import STDIO, manifest_path, read_input_bytes, read_jsonl, sha256_file
 from rlaif.plumbing.manifest import read_manifest
 from rlaif.plumbing.options import option, output_option
-from rlaif.plumbing.outputs import check_existing_output, refuse_output_as_input
+from rlaif.plumbing.outputs import guard_output
 from rlaif.plumbing.progress import throughput_of
 from rlaif.plumbing.shard import Shard
 from rlaif.stages.runner import publish
@@ -275,13 +275,13 @@ def run(cfg: MergeConfig) -> dict:
     """Merge the shards; returns the merged manifest. Every check runs before any writing."""
     started = time.time()
     sidecars = [str(manifest_path(p)) for p in cfg.shards]
-    refuse_output_as_input(cfg.output, [*cfg.shards, *sidecars], "-o/--output")
+    guard = guard_output(
+        cfg.output, inputs=[*cfg.shards, *sidecars], force=False, option="-o/--output"
+    )
     parts = [load_part(path) for path in cfg.shards]
     # The merge is up to date when its shards are the same files as last time.
     fingerprint = {"shards_sha256": sorted(sha256_file(p) for p in cfg.shards)}
-    existing = check_existing_output(
-        cfg.output, fingerprint, force=False, folder=False, option="-o/--output"
-    )
+    existing = guard.up_to_date(fingerprint)
     if existing is not None:
         return existing
     check_same_job(parts)

@@ -24,7 +24,7 @@ from rlaif.judging.diagnostics import CARD_KIND, format_diagnostics
 from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.files import atomic_output, read_jsonl
 from rlaif.plumbing.manifest import read_manifest
-from rlaif.plumbing.outputs import check_overwrite
+from rlaif.plumbing.outputs import guard_output
 from rlaif.plumbing.stats import format_rate, format_share, too_few
 
 EXAMPLES_SHOWN = 3
@@ -543,7 +543,7 @@ def written_by_report(path: Path) -> bool:
 
 
 def write_report(root: str, output: str) -> Run:
-    check_overwrite(output, written_by_report, "-o/--output")
+    guard_output(output, inputs=[], force=False, option="-o/--output", kind=written_by_report)
     run = discover(Path(root))
     check_readable(run)
     page = render(run)

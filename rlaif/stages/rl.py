@@ -25,7 +25,7 @@ from rlaif.plumbing.files import read_jsonl
 from rlaif.plumbing.models import EMBEDDED_ALIAS, resolve_model
 from rlaif.plumbing.options import option
 from rlaif.plumbing.records import parse_prompt_records
-from rlaif.training.job import InputFile, TrainingSettings, load_causal_lm, run_training
+from rlaif.training.job import InputFile, TrainingJob, TrainingSettings, load_causal_lm
 
 ALGORITHMS = ("grpo", "rloo", "online-dpo")
 JUDGE_ENGINES = ("hf", "vllm")  # the judge runs in the training process
@@ -205,7 +205,7 @@ def check_vllm_rollouts_possible(cfg: RLConfig) -> None:
 
 def run(cfg: RLConfig) -> dict:
     started = time.time()
-    cfg.check_output(cfg.prompts, cfg.reward)
+    guard = cfg.guard_output(cfg.prompts, cfg.reward)
     check_vllm_rollouts_possible(cfg)
     raw, input_sha = read_jsonl(cfg.prompts)
     records = parse_prompt_records(cfg.prompts, raw)
@@ -243,9 +243,10 @@ def run(cfg: RLConfig) -> dict:
             kwargs["ref_model"], _ = load_causal_lm(reference.path, cfg.trust_remote_code)
         return trainer_cls(**kwargs)
 
-    return run_training(
-        cfg,
+    return TrainingJob(
         stage="rl",
+        settings=cfg,
+        guard=guard,
         inputs={"prompts": InputFile(cfg.prompts, input_sha), "reward": _reward_identity(cfg)},
         models={"policy": policy, **({"reference": reference} if reference else {})},
         trl_config=config_cls,
@@ -258,7 +259,7 @@ def run(cfg: RLConfig) -> dict:
         title=f"{cfg.algo} against the {cfg.reward_kind} reward (KL coefficient {cfg.kl_coef})",
         started=started,
         constitution=getattr(reward, "constitution", None),
-    )
+    ).run()
 
 
 def generate_in_bf16(model) -> None:

@@ -1,6 +1,6 @@
 """The skeleton of every record-by-record stage (generate, sample, label, eval winrate).
 
-    with RecordStage("label", cfg, input_field="pairs", parse=parse_pair_records,
+    with RecordStage("label", cfg, StageInput("pairs", cfg.pairs, parse_pair_records),
                      models={"judge": cfg.judge_model}, constitution=cfg.constitution) as stage:
         result = stage.run_chunks(stage.records, process, steps_per_record=1)
         return stage.publish(result.rows, counts={...})
@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from rlaif.engines import EngineSettings, result_settings
@@ -30,28 +30,38 @@ from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.files import STDIO, manifest_path, read_jsonl, write_jsonl
 from rlaif.plumbing.manifest import build_manifest, write_manifest
 from rlaif.plumbing.options import group, option, output_option
-from rlaif.plumbing.outputs import PartialRun, existing_output, refuse_output_as_input, up_to_date
+from rlaif.plumbing.outputs import PartialRun, guard_output
 from rlaif.plumbing.progress import Progress, TokenCounter, format_throughput
 from rlaif.plumbing.shard import Shard, manifest_fields, parse_shard, select
 
 
 @dataclass(kw_only=True)
-class RecordSettings:
-    """The options every record stage shares: where its output goes, seeds, chunks, engine."""
+class RunSettings:
+    """The options of every run over records: seeds, chunks, engine. A stage that writes no
+    file (eval judge) takes these alone."""
 
-    output: str = output_option()
-    seed: int = option(0, help="Seed for principle sampling and generation.")
+    seed: int = option(0, help="Seed for principle sampling, pair order and generation.")
     # the engine sees every record of a chunk at once (the bar still moves within one, as
     # requests finish); also the resume granularity
     chunk_size: int = option(256, help="Records processed together and saved per step of progress.")
-    force: bool = option(
-        False, help="Discard an interrupted run with other settings.", flags=("--force",)
-    )
     engine: EngineSettings = group(EngineSettings)
 
     def __post_init__(self):
         if self.chunk_size < 1:
             raise UserError(f"--chunk-size {self.chunk_size}: must be at least 1")
+
+
+@dataclass(kw_only=True)
+class RecordSettings(RunSettings):
+    """A record stage that writes a JSONL output, resumable."""
+
+    output: str = output_option()
+    force: bool = option(
+        False,
+        help="Discard an interrupted run with other settings.",
+        flags=("--force",),
+        fingerprint=False,
+    )
 
 
 @dataclass(kw_only=True)
@@ -67,11 +77,28 @@ class ShardedRecordSettings(RecordSettings):
 
 
 def settings_fingerprint(cfg, input_field: str, **resolved) -> dict:
-    """What must not change for an interrupted run to be resumed: the settings (not where the
-    output goes, nor --force; the input by its hash, not its path) and `resolved` values."""
-    # max_skipped decides whether to publish, not what any row holds
-    ignored = ("output", "force", "max_skipped", input_field)
+    """What must not change for an interrupted run to be resumed: the settings (not those
+    declared with `fingerprint=False`, such as where the output goes; the input by its hash,
+    not its path) and `resolved` values."""
+    ignored = {f.name for f in fields(cfg) if not f.metadata.get("fingerprint", True)}
+    ignored.add(input_field)
     return {**{k: v for k, v in asdict(cfg).items() if k not in ignored}, **resolved}
+
+
+@dataclass(frozen=True)
+class StageInput:
+    """An input file of a record stage: the option that names it, its path, and the parser of
+    its rows (which names file and line in its errors)."""
+
+    option: str  # the Config field, e.g. "pairs"
+    path: str
+    parse: Callable[[str, list], list]
+
+
+@dataclass
+class ReadInput:
+    records: list
+    sha256: str
 
 
 @dataclass
@@ -143,72 +170,121 @@ def publish(output: str, rows: list[dict], manifest: dict) -> None:
 class RecordStage:
     """One run of a record stage; use it as a context manager so its engines are closed.
 
-    `models` maps each role to a model spec (None: the first role's model, e.g. a policy that
-    judges itself); one engine is built per distinct model. `engines` gives some roles engine
-    settings of their own (a jury's judge on another engine or server); the others use
-    `cfg.engine`. `cfg` must have `engine`, `seed`, `chunk_size`, `force`, `output` and, for
-    `--shard`, `shard`.
+        with RecordStage("label", cfg, StageInput("pairs", cfg.pairs, parse_pair_records),
+                         models={"judge": cfg.judge_model}) as stage:
+            if stage.up_to_date: return stage.up_to_date
+            ...
+
+    `settings`: a `RecordSettings` (a stage that writes a JSONL output) or bare `RunSettings`
+    (one that writes none). `more_inputs`: other input files, read and checked like the main
+    one (`stage.inputs[option]`). `models` maps each role to a model spec (None: the first
+    role's model, e.g. a policy that judges itself); one engine is built per distinct model.
+    `engines` gives some roles engine settings of their own (a jury's judge on another engine
+    or server); the others use `settings.engine`. A `ShardedRecordSettings` run takes its
+    `--shard` of the records.
+
+    Entering the block does the checks in order, each before anything slower: read and parse
+    the inputs, guard the output, load the constitution, resolve the models, and compare the
+    fingerprint with what is already there (`up_to_date`).
     """
 
     def __init__(
         self,
         name: str,
-        cfg,
+        settings: RunSettings,
+        input: StageInput,
         *,
-        input_field: str,
-        parse: Callable[[str, list], list],
         models: dict[str, str | None],
+        more_inputs: Sequence[StageInput] = (),
         constitution: str | None = None,
         engines: dict[str, EngineSettings] | None = None,
     ):
-        from rlaif.engines import resolve_engine_name
-        from rlaif.judging.constitution import load_constitution, resolve_constitution_path
-        from rlaif.plumbing.models import resolve_model_for
-
         self.started = time.time()
-        self.name, self.cfg, self.input_field = name, cfg, input_field
-        self.input_path = getattr(cfg, input_field)
-        rows, self.input_sha = read_jsonl(self.input_path)
-        self.parsed = parse(self.input_path, rows)  # the whole input
-        self.shard = getattr(cfg, "shard", None)
+        self.name, self.cfg, self.input = name, settings, input
+        self._more_inputs = list(more_inputs)
+        self._model_specs = models
+        self._constitution_spec = constitution
+        self._role_engines = engines or {}
+        self.tokens = TokenCounter()
+        self._engines: dict[str, object] = {}
+        self._dtypes: dict[tuple, dict[str, str]] = {}  # engine key -> use -> dtype it ran in
+
+    @property
+    def writes_output(self) -> bool:
+        return isinstance(self.cfg, RecordSettings)
+
+    def __enter__(self) -> RecordStage:
+        self._read_inputs()
+        self._guard_output()
+        self._load_constitution()
+        self._resolve_models()
+        # The manifest of an output that is up to date: the stage has nothing to do.
+        self.up_to_date = self.guard.up_to_date(self.fingerprint()) if self.guard else None
+        return self
+
+    def _read_inputs(self) -> None:
+        self.inputs: dict[str, ReadInput] = {}
+        for given in [self.input, *self._more_inputs]:
+            rows, sha = read_jsonl(given.path)
+            self.inputs[given.option] = ReadInput(given.parse(given.path, rows), sha)
+        self.parsed = self.inputs[self.input.option].records  # the whole input
+        self.shard = getattr(self.cfg, "shard", None)
         self.records = select(self.parsed, self.shard)  # this shard's share
         if self.shard:
             print(
                 f"shard {self.shard}: {len(self.records)} of {len(self.parsed)} records",
                 file=sys.stderr,
             )
-        constitution_path = resolve_constitution_path(constitution) if constitution else None
-        # Checked before anything slow (models): an output that is an input, or a file rlaif
-        # did not write, fails at once.
-        refuse_output_as_input(
-            cfg.output,
-            [self.input_path, constitution_path, *(m for m in models.values() if m)],
-            "-o/--output",
-        )
-        previous = existing_output(cfg.output, cfg.force, folder=False, option="-o/--output")
-        self.constitution = load_constitution(constitution_path) if constitution_path else None
-        self.engine_name = resolve_engine_name(cfg.engine.engine)
-        self.settings = replace(cfg.engine, engine=self.engine_name)
+
+    def _guard_output(self) -> None:
+        from rlaif.judging.constitution import resolve_constitution_path
+
+        spec = self._constitution_spec
+        self.constitution_path = resolve_constitution_path(spec) if spec else None
+        self.guard = None
+        if self.writes_output:
+            self.guard = guard_output(
+                self.cfg.output,
+                inputs=[
+                    *(i.path for i in [self.input, *self._more_inputs]),
+                    self.constitution_path,
+                    *(m for m in self._model_specs.values() if m),
+                ],
+                force=self.cfg.force,
+                option="-o/--output",
+            )
+
+    def _load_constitution(self) -> None:
+        from rlaif.judging.constitution import load_constitution
+
+        path = self.constitution_path
+        self.constitution = load_constitution(path) if path else None
+
+    def _resolve_models(self) -> None:
+        from rlaif.engines import resolve_engine_name
+        from rlaif.plumbing.models import resolve_model_for
+
+        self.engine_name = resolve_engine_name(self.cfg.engine.engine)
+        self.settings = replace(self.cfg.engine, engine=self.engine_name)
         self.role_settings = {
             role: replace(s, engine=resolve_engine_name(s.engine))
-            for role, s in (engines or {}).items()
+            for role, s in self._role_engines.items()
         }
-        first = next(iter(models.values()))
+        first = next(iter(self._model_specs.values()))
         self.models = {
-            role: resolve_model_for(spec or first, self._settings(role).engine)
-            for role, spec in models.items()
+            role: resolve_model_for(spec or first, self.engine_settings(role).engine)
+            for role, spec in self._model_specs.items()
         }
-        self.tokens = TokenCounter()
-        self._engines: dict[str, object] = {}
-        self._dtypes: dict[tuple, dict[str, str]] = {}  # engine key -> use -> dtype it ran in
         # Once: a local model folder's identity stats every file in it.
         self._model_ids = {f"{role}_model_sha256": m.identity() for role, m in self.models.items()}
-        # The manifest of an output that is up to date: the stage has nothing to do.
-        self.up_to_date = up_to_date(
-            cfg.output, previous, self.fingerprint(), cfg.force, "-o/--output"
-        )
 
-    def _settings(self, role: str) -> EngineSettings:
+    @property
+    def output(self) -> str:
+        """Where the rows go: the stage's -o, or nowhere a partial file could be kept."""
+        return self.cfg.output if self.writes_output else STDIO
+
+    def engine_settings(self, role: str) -> EngineSettings:
+        """The engine settings `role`'s model runs with (its own, or the stage's)."""
         return self.role_settings.get(role, self.settings)
 
     def fingerprint(self, **extra) -> dict:
@@ -216,9 +292,10 @@ class RecordStage:
             extra["role_engines"] = {r: result_settings(s) for r, s in self.role_settings.items()}
         return settings_fingerprint(
             self.cfg,
-            self.input_field,
+            self.input.option,
             engine=result_settings(self.settings),
-            input_sha256=self.input_sha,
+            input_sha256=self.inputs[self.input.option].sha256,
+            **{f"{i.option}_sha256": self.inputs[i.option].sha256 for i in self._more_inputs},
             constitution_sha256=self.constitution.sha256 if self.constitution else None,
             **self._model_ids,
             **extra,
@@ -230,7 +307,7 @@ class RecordStage:
         from rlaif.engines import make_engine
         from rlaif.plumbing.errors import UserError
 
-        model, settings = self.models[role], self._settings(role)
+        model, settings = self.models[role], self.engine_settings(role)
         key = self._engine_key(role)
         if key not in self._engines:
             distinct = len({m.path for m in self.models.values()})
@@ -249,7 +326,7 @@ class RecordStage:
 
     def _engine_key(self, role: str) -> tuple:
         """One engine per model and the engine it runs on (a jury may hold one model twice)."""
-        settings = self._settings(role)
+        settings = self.engine_settings(role)
         return (self.models[role].path, settings.engine, settings.base_url)
 
     def engine_dtypes(self) -> dict[str, dict[str, str]]:
@@ -266,9 +343,6 @@ class RecordStage:
         engines, self._engines = list(self._engines.values()), {}
         for engine in engines:
             engine.close()
-
-    def __enter__(self) -> RecordStage:
-        return self
 
     def __exit__(self, exc_type, *exc) -> None:
         self.close_engines()
@@ -288,9 +362,9 @@ class RecordStage:
         """`run_in_chunks` with this run's fingerprint, into `output` (default: the stage's);
         the bar counts `unit`s ("pair", "prompt")."""
         return run_in_chunks(
-            output=output or self.cfg.output,
+            output=output or self.output,
             fingerprint=self.fingerprint(**fingerprint_extra),
-            force=self.cfg.force,
+            force=self.writes_output and self.cfg.force,
             records=records,
             chunk_size=self.cfg.chunk_size,
             process_chunk=process_chunk,
@@ -305,7 +379,10 @@ class RecordStage:
         return build_manifest(
             self.name,
             self.cfg,
-            inputs={self.input_field: {"path": self.input_path, "sha256": self.input_sha}},
+            inputs={
+                i.option: {"path": i.path, "sha256": self.inputs[i.option].sha256}
+                for i in [self.input, *self._more_inputs]
+            },
             models={
                 **{role: m.describe() for role, m in self.models.items()},
                 "engine": self.engine_name,
@@ -328,7 +405,7 @@ class RecordStage:
 
     def publish(self, rows: list[dict], **manifest_args) -> dict:
         manifest = self.manifest(**manifest_args)
-        publish(self.cfg.output, rows, manifest)
+        publish(self.output, rows, manifest)
         return manifest
 
 

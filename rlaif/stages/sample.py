@@ -15,7 +15,7 @@ from rlaif.plumbing.options import option
 from rlaif.plumbing.progress import Progress, TokenCounter
 from rlaif.plumbing.records import parse_prompt_records
 from rlaif.plumbing.seeds import derived_seed
-from rlaif.stages.runner import RecordStage, ShardedRecordSettings
+from rlaif.stages.runner import RecordStage, ShardedRecordSettings, StageInput
 
 
 @dataclass(kw_only=True)
@@ -106,8 +106,7 @@ def run(cfg: SampleConfig) -> dict:
     with RecordStage(
         "sample",
         cfg,
-        input_field="prompts",
-        parse=parse_prompt_records,
+        StageInput("prompts", cfg.prompts, parse_prompt_records),
         models={"policy": cfg.model},
     ) as stage:
         if stage.up_to_date:

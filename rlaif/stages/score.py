@@ -10,13 +10,7 @@ from rlaif.plumbing.errors import UserError, at
 from rlaif.plumbing.files import folder_digest, read_jsonl
 from rlaif.plumbing.manifest import build_manifest
 from rlaif.plumbing.options import option, output_option
-from rlaif.plumbing.outputs import (
-    check_existing_output,
-    check_overwrite,
-    json_report_written_by_rlaif,
-    png_written_by_rlaif,
-    refuse_output_as_input,
-)
+from rlaif.plumbing.outputs import guard_output, json_report_written_by_rlaif, png_written_by_rlaif
 from rlaif.plumbing.pairs import parse_pair_records
 from rlaif.plumbing.records import parse_prompt_records
 from rlaif.plumbing.stats import (
@@ -92,12 +86,12 @@ class EvalRMConfig:
 
 
 def evaluate_rm(cfg: EvalRMConfig) -> dict:
-    if cfg.plot:
-        check_overwrite(cfg.plot, png_written_by_rlaif, "--plot")
-        refuse_output_as_input(cfg.plot, [cfg.pairs], "--plot")
-    if cfg.json_out:
-        check_overwrite(cfg.json_out, json_report_written_by_rlaif, "--json")
-        refuse_output_as_input(cfg.json_out, [cfg.pairs], "--json")
+    for path, name, ours in (
+        (cfg.plot, "--plot", png_written_by_rlaif),
+        (cfg.json_out, "--json", json_report_written_by_rlaif),
+    ):
+        if path:
+            guard_output(path, inputs=[cfg.pairs], force=False, option=name, kind=ours)
     check_reward_model_folder(cfg.rm)
     rows, _ = read_jsonl(cfg.pairs)
     pairs = []
@@ -153,16 +147,14 @@ def score_file(cfg: ScoreConfig) -> dict:
     """Add rewards: `reward` per response (a `rewards` list for rows with several)."""
     started = time.time()
     check_reward_model_folder(cfg.rm)
-    refuse_output_as_input(cfg.output, [cfg.input], "-o/--output")
+    guard = guard_output(cfg.output, inputs=[cfg.input], force=False, option="-o/--output")
     rows, input_sha = read_jsonl(cfg.input)
     fingerprint = {
         "input_sha256": input_sha,
         "rm_sha256": folder_digest(cfg.rm),
         "batch_size": cfg.batch_size,
     }
-    existing = check_existing_output(
-        cfg.output, fingerprint, force=False, folder=False, option="-o/--output"
-    )
+    existing = guard.up_to_date(fingerprint)
     if existing is not None:
         return existing
     items: list[tuple[dict, list[dict], list[str]]] = []  # (row, prompt, responses)

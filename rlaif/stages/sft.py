@@ -16,7 +16,7 @@ from rlaif.plumbing.files import read_jsonl
 from rlaif.plumbing.models import resolve_model
 from rlaif.plumbing.options import option
 from rlaif.plumbing.records import parse_messages
-from rlaif.training.job import InputFile, TrainingSettings, load_causal_lm, run_training
+from rlaif.training.job import InputFile, TrainingJob, TrainingSettings, load_causal_lm
 
 
 @dataclass(kw_only=True)
@@ -73,7 +73,7 @@ def conversation_lengths(rows: list[dict], tokenizer) -> list[int]:
 
 def run(cfg: SFTConfig) -> dict:
     started = time.time()
-    cfg.check_output(cfg.data)
+    guard = cfg.guard_output(cfg.data)
     raw, input_sha = read_jsonl(cfg.data)
     rows = prompt_completion_rows(cfg.data, raw)
     if not rows:
@@ -103,9 +103,10 @@ def run(cfg: SFTConfig) -> dict:
             )
         return trainer
 
-    return run_training(
-        cfg,
+    return TrainingJob(
         stage="sft",
+        settings=cfg,
+        guard=guard,
         inputs={"data": InputFile(cfg.data, input_sha)},
         models={"base": resolved},
         trl_config=TRLSFTConfig,
@@ -126,4 +127,4 @@ def run(cfg: SFTConfig) -> dict:
         curve_keys=["loss", "mean_token_accuracy"],
         title="supervised fine-tuning on revisions",
         started=started,
-    )
+    ).run()

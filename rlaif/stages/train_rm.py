@@ -23,7 +23,7 @@ from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.files import read_jsonl
 from rlaif.plumbing.models import resolve_model
 from rlaif.plumbing.options import option
-from rlaif.training.job import InputFile, TrainingSettings, run_training
+from rlaif.training.job import InputFile, TrainingJob, TrainingSettings
 from rlaif.training.preference_data import LabelModeSettings, collator_with_label_p, preference_rows
 
 
@@ -153,7 +153,7 @@ def _to_dataset(rows: list[dict], lengths: list[int], soft: bool):
 
 def run(cfg: TrainRMConfig) -> dict:
     started = time.time()
-    cfg.check_output(cfg.prefs)
+    guard = cfg.guard_output(cfg.prefs)
     raw, input_sha = read_jsonl(cfg.prefs)
     rows, dropped_low_confidence = cfg.rows_to_train(preference_rows(cfg.prefs, raw))
     if len(rows) < 2:
@@ -181,9 +181,10 @@ def run(cfg: TrainRMConfig) -> dict:
             peft_config=peft_config,
         )
 
-    manifest = run_training(
-        cfg,
+    manifest = TrainingJob(
         stage="train-rm",
+        settings=cfg,
+        guard=guard,
         inputs={"prefs": InputFile(cfg.prefs, input_sha)},
         models={"base": resolved},
         trl_config=RewardConfig,
@@ -208,7 +209,7 @@ def run(cfg: TrainRMConfig) -> dict:
         title=f"reward model ({cfg.label_mode} labels)",
         started=started,
         evaluate=bool(eval_rows),
-    )
+    ).run()
     accuracy = manifest.get("metrics", {}).get("eval", {}).get("eval_accuracy")
     if accuracy is not None:
         from rlaif.plumbing.stats import format_share  # the figure with its n and 95% CI

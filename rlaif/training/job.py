@@ -29,13 +29,7 @@ from rlaif.plumbing.files import write_json, write_jsonl
 from rlaif.plumbing.manifest import build_manifest
 from rlaif.plumbing.models import EMBEDDED_ALIAS, ResolvedModel
 from rlaif.plumbing.options import option
-from rlaif.plumbing.outputs import (
-    existing_output,
-    folder_files,
-    refuse_output_as_input,
-    resume_or_refuse,
-    up_to_date,
-)
+from rlaif.plumbing.outputs import OutputGuard, folder_files, guard_output, resume_or_refuse
 from rlaif.training.fused_lm_head import fitted_to_cpu
 
 SETTINGS_FILE = "rlaif-settings.json"
@@ -105,11 +99,16 @@ class TrainingSettings:
         """--dtype resolved on this machine: float32 or bfloat16."""
         return training_precision(self.dtype)
 
-    def check_output(self, *inputs: str | None) -> dict | None:
+    def guard_output(self, *inputs: str | None) -> OutputGuard:
         """Before anything slow: the output folder is none of the inputs (nor holds one) and
-        holds nothing rlaif did not write. Returns the manifest of what rlaif wrote there."""
-        refuse_output_as_input(self.output_dir, [*inputs, self.model], "-o/--output-dir")
-        return existing_output(self.output_dir, self.force, folder=True, option="-o/--output-dir")
+        holds nothing rlaif did not write. The job checks it against its fingerprint later."""
+        return guard_output(
+            self.output_dir,
+            inputs=[*inputs, self.model],
+            force=self.force,
+            option="-o/--output-dir",
+            kind="folder",
+        )
 
 
 TRAINING_DTYPES = ("auto", "float32", "bfloat16")
@@ -278,158 +277,136 @@ class InputFile:
     sha256: str
 
 
-def run_training(
-    cfg: TrainingSettings,
-    *,
-    stage: str,
-    inputs: dict[str, InputFile | dict],
-    models: dict[str, ResolvedModel],
-    trl_config: type,
-    trl_args: dict,
-    lora_task: str,
-    build_trainer: Callable[[Any, Any], Any],
-    counts: Callable[[Any], dict[str, int]],
-    tokenizer,
-    curve_keys: list[str],
-    title: str,
-    started: float,
-    constitution=None,
-    evaluate: bool = False,
-) -> dict:
-    """Train and publish a model; returns the manifest ({} on processes other than the main).
-
-    `inputs`: each input file (or, for other inputs such as rl's reward, a dict that says
-    what it is), part of what a checkpoint must match to be resumed, with the settings and
-    the first model. `build_trainer(trl_args, peft_config)` makes the TRL trainer;
-    `counts(trainer)` the data counts for the manifest.
-    """
-    identities = {name: i.sha256 if isinstance(i, InputFile) else i for name, i in inputs.items()}
-    identities |= {f"{role}_sha256": m.identity() for role, m in list(models.items())[1:]}
-    first_model = next(iter(models.values()))
-    fingerprint = run_fingerprint(cfg, identities, first_model.identity())
-    refuse_output_as_input(
-        cfg.output_dir,
-        [i.path if isinstance(i, InputFile) else i.get("path") for i in inputs.values()]
-        + [m.path for m in models.values() if m.kind == "folder"],
-        "-o/--output-dir",
-    )
-    previous = cfg.check_output()
-    done = up_to_date(cfg.output_dir, previous, fingerprint, cfg.force, "-o/--output-dir")
-    if done is not None:
-        return done
-    internals.require("trl")
-    run = CheckpointRun.open(cfg.output_dir, fingerprint, cfg.force)
-    from transformers import set_seed
-
-    # TRL's trainers wrap the model in LoRA adapters (random A matrices) before the Trainer
-    # seeds itself: seeded here, the same command starts from the same adapters.
-    set_seed(cfg.seed)
-    try:
-        with fitted_to_cpu():
-            trainer = build_trainer(
-                trainer_args(trl_config, cfg, run.work, **trl_args), lora_config(cfg, lora_task)
-            )
-            trainer.add_callback(hardware.return_freed_memory_to_os())
-            return train_and_publish(
-                trainer,
-                run,
-                stage=stage,
-                cfg=cfg,
-                tokenizer=tokenizer,
-                inputs={
-                    name: asdict(i) if isinstance(i, InputFile) else i for name, i in inputs.items()
-                },
-                models=models,
-                counts=counts(trainer),
-                curve_keys=curve_keys,
-                title=title,
-                started=started,
-                constitution=constitution,
-                evaluate=evaluate,
-                fingerprint=fingerprint,
-            )
-    except BaseException:
-        # A run that saved no checkpoint leaves nothing behind to block a corrected rerun.
-        if _is_main_process() and last_complete_checkpoint(run.work) is None:
-            shutil.rmtree(run.work, ignore_errors=True)
-        raise
-
-
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def train_and_publish(
-    trainer,
-    run: CheckpointRun,
-    *,
-    stage: str,
-    cfg: Any,
-    tokenizer,
-    inputs: dict[str, dict],
-    models: dict[str, ResolvedModel],
-    counts: dict[str, int],
-    curve_keys: list[str],
-    title: str,
-    started: float,
-    constitution=None,
-    evaluate: bool = False,
-    fingerprint: dict | None = None,
-) -> dict:
-    """Train (resuming if possible), then write the model folder with metrics.json, log.jsonl,
-    curves.png and manifest.json, and move it into place. Returns the manifest ({} on ranks
-    other than the main one, which only take part in training)."""
-    result = trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
-    eval_metrics = trainer.evaluate() if evaluate else {}
-    if not trainer.is_world_process_zero():
-        return {}
+@dataclass(kw_only=True)
+class TrainingJob:
+    """One run of a training stage, as the stage describes it: train and publish a model.
 
-    staging = run.staging
-    shutil.rmtree(staging, ignore_errors=True)
-    model = trainer.model
-    if hasattr(model, "merge_and_unload"):  # LoRA: a plain model folder, loadable without peft
-        model = model.merge_and_unload()
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    metrics = {
-        "train_loss": result.training_loss,
-        "steps": trainer.state.global_step,
-        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        # of this (main) process; ru_maxrss is in KiB on Linux
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "eval": eval_metrics,
-        "log_history": trainer.state.log_history,
-    }
-    write_json(staging / "metrics.json", metrics)
-    # One JSON line per logged step (loss, reward, KL, ... as the trainer reports them).
-    write_jsonl(str(staging / "log.jsonl"), trainer.state.log_history)
-    from rlaif.plumbing.plots import plot_curves
+    `guard`: the stage's output check (`TrainingSettings.guard_output`), made before the
+    stage loaded anything; the job finishes it once the fingerprint is known. `inputs`: each
+    input file (or, for other inputs such as rl's reward, a dict that says what it is), part of
+    what a checkpoint must match to be resumed, with the settings and the first model.
+    `build_trainer(trl_args, peft_config)` makes the TRL trainer; `counts(trainer)` the data
+    counts for the manifest.
+    """
 
-    plot_curves(trainer.state.log_history, curve_keys, staging / "curves.png", title)
-    manifest = build_manifest(
-        stage,
-        cfg,
-        inputs=inputs,
-        models={role: m.describe() for role, m in models.items()},
-        constitution=constitution,
-        counts={
-            **counts,
+    stage: str
+    settings: TrainingSettings
+    guard: OutputGuard
+    inputs: dict[str, InputFile | dict]
+    models: dict[str, ResolvedModel]
+    trl_config: type
+    trl_args: dict
+    lora_task: str
+    build_trainer: Callable[[Any, Any], Any]
+    counts: Callable[[Any], dict[str, int]]
+    tokenizer: Any
+    curve_keys: list[str]
+    title: str
+    started: float
+    constitution: Any = None
+    evaluate: bool = False
+
+    def fingerprint(self) -> dict:
+        identities = {
+            name: i.sha256 if isinstance(i, InputFile) else i for name, i in self.inputs.items()
+        }
+        identities |= {f"{role}_sha256": m.identity() for role, m in list(self.models.items())[1:]}
+        first_model = next(iter(self.models.values()))
+        return run_fingerprint(self.settings, identities, first_model.identity())
+
+    def run(self) -> dict:
+        """Train and publish; returns the manifest ({} on processes other than the main)."""
+        cfg = self.settings
+        fingerprint = self.fingerprint()
+        # paths known only now: the model folders as resolved, the inputs a dict names
+        self.guard.refuse_inputs(
+            [i.path if isinstance(i, InputFile) else i.get("path") for i in self.inputs.values()]
+            + [m.path for m in self.models.values() if m.kind == "folder"]
+        )
+        done = self.guard.up_to_date(fingerprint)
+        if done is not None:
+            return done
+        internals.require("trl")
+        run = CheckpointRun.open(cfg.output_dir, fingerprint, cfg.force)
+        from transformers import set_seed
+
+        # TRL's trainers wrap the model in LoRA adapters (random A matrices) before the Trainer
+        # seeds itself: seeded here, the same command starts from the same adapters.
+        set_seed(cfg.seed)
+        try:
+            with fitted_to_cpu():
+                trl_args = trainer_args(self.trl_config, cfg, run.work, **self.trl_args)
+                trainer = self.build_trainer(trl_args, lora_config(cfg, self.lora_task))
+                trainer.add_callback(hardware.return_freed_memory_to_os())
+                return self.train_and_publish(trainer, run, fingerprint)
+        except BaseException:
+            # A run that saved no checkpoint leaves nothing behind to block a corrected rerun.
+            if _is_main_process() and last_complete_checkpoint(run.work) is None:
+                shutil.rmtree(run.work, ignore_errors=True)
+            raise
+
+    def train_and_publish(self, trainer, run: CheckpointRun, fingerprint: dict) -> dict:
+        """Train (resuming if possible), then write the model folder with metrics.json, log.jsonl,
+        curves.png and manifest.json, and move it into place. Returns the manifest ({} on ranks
+        other than the main one, which only take part in training)."""
+        cfg, counts = self.settings, self.counts(trainer)
+        resume = str(run.resume_from) if run.resume_from else None
+        result = trainer.train(resume_from_checkpoint=resume)
+        eval_metrics = trainer.evaluate() if self.evaluate else {}
+        if not trainer.is_world_process_zero():
+            return {}
+
+        staging = run.staging
+        shutil.rmtree(staging, ignore_errors=True)
+        model = trainer.model
+        if hasattr(model, "merge_and_unload"):  # LoRA: a plain model folder, loadable without peft
+            model = model.merge_and_unload()
+        model.save_pretrained(staging)
+        self.tokenizer.save_pretrained(staging)
+        metrics = {
+            "train_loss": result.training_loss,
             "steps": trainer.state.global_step,
-            "processes": trainer.args.world_size,
-        },
-        tokens={"train_tokens": internals.total_train_tokens(trainer)},
-        started=started,
-        extra={
-            "metrics": {k: v for k, v in metrics.items() if k != "log_history"},
-            "fingerprint": fingerprint,
-            "precision": cfg.precision,
-            # what rlaif wrote here: a later run may replace these files, never others
-            "files": folder_files(staging),
-        },
-    )
-    write_json(staging / "manifest.json", manifest)
-    replace_dir(staging, run.output_dir)
-    shutil.rmtree(run.work, ignore_errors=True)
-    print(f"step {metrics['steps']} | loss {result.training_loss:.4f}", file=sys.stderr)
-    return manifest
+            "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+            "train_runtime_s": result.metrics.get("train_runtime"),
+            # of this (main) process; ru_maxrss is in KiB on Linux
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "eval": eval_metrics,
+            "log_history": trainer.state.log_history,
+        }
+        write_json(staging / "metrics.json", metrics)
+        # One JSON line per logged step (loss, reward, KL, ... as the trainer reports them).
+        write_jsonl(str(staging / "log.jsonl"), trainer.state.log_history)
+        from rlaif.plumbing.plots import plot_curves
+
+        plot_curves(trainer.state.log_history, self.curve_keys, staging / "curves.png", self.title)
+        inputs = self.inputs.items()
+        manifest = build_manifest(
+            self.stage,
+            cfg,
+            inputs={name: asdict(i) if isinstance(i, InputFile) else i for name, i in inputs},
+            models={role: m.describe() for role, m in self.models.items()},
+            constitution=self.constitution,
+            counts={
+                **counts,
+                "steps": trainer.state.global_step,
+                "processes": trainer.args.world_size,
+            },
+            tokens={"train_tokens": internals.total_train_tokens(trainer)},
+            started=self.started,
+            extra={
+                "metrics": {k: v for k, v in metrics.items() if k != "log_history"},
+                "fingerprint": fingerprint,
+                "precision": cfg.precision,
+                # what rlaif wrote here: a later run may replace these files, never others
+                "files": folder_files(staging),
+            },
+        )
+        write_json(staging / "manifest.json", manifest)
+        replace_dir(staging, run.output_dir)
+        shutil.rmtree(run.work, ignore_errors=True)
+        print(f"step {metrics['steps']} | loss {result.training_loss:.4f}", file=sys.stderr)
+        return manifest
