@@ -1,5 +1,5 @@
 """rlaif/plumbing/internals.py is the one module that touches a library's private names: the
-list is complete, README shows it, the versions are checked, and patches are undone."""
+list is complete, docs/development.md shows it, the versions are checked, and patches are undone."""
 
 from __future__ import annotations
 
@@ -78,9 +78,9 @@ def test_no_module_of_rlaif_imports_a_private_module_of_a_library():
     assert found == []
 
 
-def test_readme_lists_exactly_the_private_names():
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### Library internals this code relies on", 1)[1].split("\n#", 1)[0]
+def test_the_docs_list_exactly_the_private_names():
+    page = (REPO / "docs" / "development.md").read_text()
+    section = page.split("## Library internals this code relies on", 1)[1].split("\n#", 1)[0]
     listed = re.findall(r"^- `([^`]+)`: (.+?)\.$", section, re.M)
     assert listed == [(i.name, i.why) for i in internals.PRIVATE_NAMES]
 

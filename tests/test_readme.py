@@ -1,4 +1,4 @@
-"""README's stage reference stays in step with the options the code declares."""
+"""The stage reference (docs/stages.md) stays in step with the options the code declares."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 
 from rlaif.cli import app
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+STAGES = Path(__file__).resolve().parent.parent / "docs" / "stages.md"
 SECTION = re.compile(r"^### `rlaif ([a-z -]+?)(?: [A-Z\[.-].*)?`", re.M)
 FLAG = re.compile(r"`(--?[a-z][a-z-]*)")
 # "`--flag` (default 2e-5)", "`--flag X`, default 64", "`--flag` (TRL's β, default 0.05)"
@@ -19,8 +19,7 @@ FLAG_DEFAULT = re.compile(r"`(--[a-z-]+)[^`]{0,3}`[^`.;]{0,24}?\bdefault:? `?([^
 
 
 def reference_sections() -> list[tuple[str, str]]:
-    text = README.read_text().split("## Stage reference", 1)[1]
-    text = re.split(r"^## ", text, maxsplit=1, flags=re.M)[0]
+    text = STAGES.read_text()
     heads = list(SECTION.finditer(text))
     return [
         (m.group(1).strip(), text[m.end() : heads[i + 1].start() if i + 1 < len(heads) else None])
@@ -86,11 +85,11 @@ def test_flags_and_defaults_in_the_reference_exist(name, text):
     for flag in FLAG.findall(text):
         if flag in ("-", "--") or flag in OTHER_COMMANDS_FLAGS.get(name, ()):
             continue
-        assert flag in flags, f"README `rlaif {name}` mentions {flag}, which it does not take"
+        assert flag in flags, f"docs/stages.md `rlaif {name}` mentions {flag}; it does not take it"
     for flag, written in FLAG_DEFAULT.findall(text):
         if not VALUE.match(written) or flag not in flags:
             continue  # prose ("the starting model"), a range, or another command's flag
         actual = flags[flag].default
         assert same_default(written, actual), (
-            f"README `rlaif {name}` says {flag} defaults to {written}; the code says {actual}"
+            f"docs/stages.md `rlaif {name}`: {flag} defaults to {written}; the code: {actual}"
         )

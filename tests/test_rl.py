@@ -12,6 +12,7 @@ import toy_rewards
 from conftest import DATA, crash_then_rerun, labelled_copy, perturbed_copy, rlaif_cmd
 from test_sft_dpo import changed_parameters, generates
 
+from rlaif.judging import rating
 from rlaif.plumbing.errors import UserError
 from rlaif.stages import rl
 from rlaif.training import rewards
@@ -59,11 +60,17 @@ def log(folder: Path) -> list[dict]:
 
 
 def test_expected_rating_is_the_mean_digit_rescaled():
+    """One chat's raw reward before any batch prior is removed: Σ i·P(i) over the ratings
+    1..9 (renormalised over them), mapped to [0, 1] as the judge reward maps ratings."""
+
+    def expected_rating(logprobs):
+        return rating.to_unit(rating.expected_digit(rating.digit_distribution(logprobs)))
+
     certain_nine = [-50.0] * 8 + [0.0]
-    assert rewards.expected_rating(certain_nine) == pytest.approx(1.0)
-    assert rewards.expected_rating([0.0] * 9) == pytest.approx(0.5)  # uniform: rating 5
+    assert expected_rating(certain_nine) == pytest.approx(1.0)
+    assert expected_rating([0.0] * 9) == pytest.approx(0.5)  # uniform: rating 5
     half_one_half_nine = [math.log(0.5)] + [-math.inf] * 7 + [math.log(0.5)]
-    assert rewards.expected_rating(half_one_half_nine) == pytest.approx(0.5)
+    assert expected_rating(half_one_half_nine) == pytest.approx(0.5)
 
 
 def test_settings_are_checked():

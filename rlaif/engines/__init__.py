@@ -106,13 +106,11 @@ def resolved_dtype(dtype: str, use: str, on_gpu: bool) -> str:
     verdicts) or "score" (option log-probabilities: label's and rl's judge).
 
     On a GPU, auto stays "auto": the engine's own choice (vLLM: the model's dtype;
-    transformers: bfloat16 where the GPU has it). On a CPU, auto generates in float32: in
-    bf16, vLLM's CPU default, greedy answers of the small model changed. It scores in bfloat16
-    where the CPU has bf16 arithmetic (AVX-512 BF16 or AMX; `hardware.cpu_has_bf16`), else in
-    float32: on the 182 dev pairs bf16 scoring ran 1.5x (vLLM) and 2.6x (transformers) faster,
-    moved p by 0.014-0.016 on average (at most 0.062), and flipped only near-ties, never a
-    verdict with |p - 0.5| >= 0.026 (benchmarks/label_dtype.py; figures in README, Engines).
-    `--dtype float32` gives the float32 labels.
+    transformers: bfloat16 where the GPU has it). On a CPU, auto generates in float32 (in
+    bf16, vLLM's CPU default, greedy answers of the small model change) and scores in bfloat16
+    where the CPU has bf16 arithmetic (`hardware.cpu_has_bf16`), else in float32: bf16 scoring
+    is 1.5-2.6x faster and flips only near-ties (benchmarks/label_dtype.py; the figures are in
+    docs/models-and-engines.md). `--dtype float32` gives the float32 labels.
     """
     if use not in USES:
         raise ValueError(f"unknown engine use {use!r}")

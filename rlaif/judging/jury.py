@@ -57,8 +57,6 @@ from rlaif.plumbing.progress import Progress
 from rlaif.plumbing.stats import cohen_kappa, format_rate, kappa_interval, logit, sigmoid, too_few
 
 COMBINE = "mean log-odds"
-# p's of exactly 0 or 1 (a parsed verdict, a clamp) have infinite log-odds; one such judge
-# would decide alone. Clipped here: a verdict of 1 counts as log-odds 13.8.
 GGUF_MAGIC = b"GGUF"
 
 
@@ -146,13 +144,10 @@ def roles(judges: list[Judge]) -> dict[str, Judge]:
 
 
 def combine(ps: list[float]) -> float:
-    """The jury's p: σ(mean of the judges' log-odds) (see the module for why)."""
+    """The jury's p: σ(mean of the judges' log-odds) (see the module for why). A p of exactly
+    0 or 1 (a parsed verdict, a clamp) has infinite log-odds, and one such judge would decide
+    alone: `logit` clips it, so a verdict of 1 counts as log-odds 13.8."""
     return sigmoid(sum(logit(p) for p in ps) / len(ps))
-
-
-def mean_probability(ps: list[float]) -> float:
-    """The alternative `combine` was measured against."""
-    return sum(ps) / len(ps)
 
 
 def judge_chunk_jury(

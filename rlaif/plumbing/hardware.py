@@ -26,16 +26,10 @@ def return_freed_memory_to_os():
 
     glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), so after a
     few steps most activation tensors live in the heap, whose freed pages it keeps: the resident
-    size sat at the high-water mark of the longest batch for the rest of the run. Two measures:
-    - the threshold is fixed at 8 MiB, so larger blocks (long batches' activations, LM-head
-      tiles) are unmapped when freed. At glibc's 128 KiB default, made fixed, every tensor was
-      page-faulted into being afresh and steps were 1.7x slower; at 8 MiB the defaults on the 4
-      longest HH pairs took 26.5 s per DPO step against 24 s with glibc's own threshold, and at
-      batch 4 x 384 the same time;
-    - `malloc_trim` when training begins (model loading and DPO's reference pass leave freed
-      heap behind), after each micro-batch and after each step.
-    Together (benchmarks/training_step_times.py --defaults --longest 4): dpo and train-rm peak
-    at 2.6 GiB, grpo at 3.3 GiB, against 3.7-4.5 GiB with trims alone."""
+    size stays at the high-water mark of the longest batch. So the threshold is fixed at 8 MiB
+    (larger blocks are unmapped when freed; at glibc's 128 KiB, steps are 1.7x slower), and
+    `malloc_trim` runs when training begins, after each micro-batch and after each step. DPO's
+    peak: 2.6 GiB against 3.7-4.5 GiB with trims alone (docs/development.md, Benchmarks)."""
     import ctypes
     import ctypes.util
 

@@ -1,10 +1,10 @@
 """Every private name of a library that rlaif touches, in one place.
 
-No public option reaches what these do. Each is listed in `PRIVATE_NAMES` with its reason, and
-README's "Library internals" list is tested against it (tests/test_internals.py), as is the
-rule that no other module of rlaif names them. The versions they were read from are checked
-before use: outside `SUPPORTED`, one line names the range instead of an AttributeError deep in
-a trainer.
+No public option reaches what these do. Each is listed in `PRIVATE_NAMES` with its reason; the
+"Library internals" list of docs/development.md is tested against it (tests/test_internals.py),
+as is the rule that no other module of rlaif names them. The versions they were read from are
+checked before use: outside `SUPPORTED`, one line names the range instead of an AttributeError
+deep in a trainer.
 
 Patches are context managers that put back what they replaced, so a library call made after a
 run (a test, a notebook) meets the library as it ships.

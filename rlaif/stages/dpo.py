@@ -96,7 +96,7 @@ class DPOConfig(TrainingSettings, LabelModeSettings):
         " probability (exo_pair loss, one ε = 1 - p per pair).",
     )
     learning_rate: float = 5e-6
-    # 4 x 2 accumulated: the same 8 per update as before, half the activations held at once
+    # 4 x 2 accumulated: 8 examples per update, half the activations held at once
     # (fits 4 GiB with the defaults; README "Memory").
     batch_size: int = option(4, help="Pairs per device per step.")
     gradient_accumulation_steps: int = 2

@@ -41,7 +41,7 @@ class SFTConfig(TrainingSettings):
     )
     completion_only_loss: bool = option(True, help="Loss on the answer only, not on the prompt.")
     learning_rate: float = 2e-5
-    # 4 x 2 accumulated: the same 8 per update as before, half the activations held at once
+    # 4 x 2 accumulated: 8 examples per update, half the activations held at once
     # (fits 4 GiB with the defaults; README "Memory").
     batch_size: int = option(4, help="Conversations per device per step.")
     gradient_accumulation_steps: int = 2

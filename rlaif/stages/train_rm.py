@@ -50,7 +50,7 @@ class TrainRMConfig(TrainingSettings, LabelModeSettings):
     eval_fraction: float = option(0.1, help="Seeded share of pairs held out.")
     # batches of similar length: less padding, same samples
     group_by_length: bool = option(True, help="Batch pairs of similar length (less padding).")
-    # 4 x 2 accumulated: the same 8 per update as before, half the activations held at once
+    # 4 x 2 accumulated: 8 examples per update, half the activations held at once
     # (fits 4 GiB with the defaults; README "Memory").
     batch_size: int = option(4, help="Pairs per device per step.")
     gradient_accumulation_steps: int = 2

@@ -54,12 +54,6 @@ class RewardModelReward:
         return self.model.score(chats)
 
 
-def expected_rating(logprobs: list[float]) -> float:
-    """Σ i·P(i) over the ratings 1..9 (probabilities renormalised over them), mapped to [0, 1];
-    one chat's raw score, before any batch prior is removed."""
-    return rating.to_unit(rating.expected_digit(rating.digit_distribution(logprobs)))
-
-
 class JudgeReward:
     __name__ = "judge"
 
