@@ -311,17 +311,9 @@ def _judge_refusals(stage: RecordStage, role: str, answers: list[str]) -> list[d
             rows.append({"id": r.id, "p_refusal": p_yes(*s.logprobs)})
         return rows
 
-    output = str(work_dir(stage.cfg.output) / f"judge-{role}.jsonl")
-    result = stage.run_chunks(
-        stage.records,
-        process,
-        unit="answer",
-        output=output,
-        description=f"judge ({role})",
-        phase=f"j-{role}",
+    return stage.run_phase(
+        f"judge-{role}", process, unit="answer", description=f"judge ({role})", phase=f"j-{role}"
     )
-    stage.close_engines()
-    return result.rows
 
 
 def run(cfg: RefusalsConfig) -> dict:

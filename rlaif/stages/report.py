@@ -193,15 +193,17 @@ def _fmt(x, spec: str = ".4f") -> str:
 
 def reward_model_section(run: Run) -> str:
     parts = []
+    held_out, against_reference = reward_model_figures(run)
+    accuracies = {folder: accuracy for folder, _, accuracy in held_out}
     for folder, manifest in run.model_stages.get("train-rm", []):
         parts.append(_training_block(folder, manifest, "reward model"))
-        held_out = held_out_accuracy(manifest)
-        if held_out is not None:
-            parts.append(f"<p>Held-out accuracy against the judge's labels: {_e(held_out)}.</p>")
-    for path, report in run.rm_evaluations:
+        if folder in accuracies:
+            parts.append(
+                f"<p>Held-out accuracy against the judge's labels: {_e(accuracies[folder])}.</p>"
+            )
+    for path, report, accuracy in against_reference:
         parts.append(
-            f"<h3>{_e(path.name)}</h3><p>Accuracy against reference labels:"
-            f" {_e(format_rate(report['correct'], report['pairs']))};"
+            f"<h3>{_e(path.name)}</h3><p>Accuracy against reference labels: {_e(accuracy)};"
             f" ECE {report['ece']:.3f} ({report['pairs']} pairs).</p>"
         )
         plot = path.with_name(path.stem.replace("-eval", "") + "-reliability.png")
@@ -222,6 +224,22 @@ def held_out_accuracy(manifest: dict) -> str | None:
     if not n:
         return _pct(accuracy)
     return format_share(accuracy, n)
+
+
+def reward_model_figures(run: Run) -> tuple[list, list]:
+    """The reward models' held-out accuracies (folder, manifest, accuracy text) and their
+    evaluations against reference labels (path, report, accuracy text): for the page and the
+    terminal summary alike."""
+    held_out = [
+        (folder, manifest, accuracy)
+        for folder, manifest in run.model_stages.get("train-rm", [])
+        if (accuracy := held_out_accuracy(manifest)) is not None
+    ]
+    against_reference = [
+        (path, report, format_rate(report["correct"], report["pairs"]))
+        for path, report in run.rm_evaluations
+    ]
+    return held_out, against_reference
 
 
 def reward_trend(log_history: list[dict], key: str = "reward", span: int = 3) -> dict | None:
@@ -451,15 +469,11 @@ def summary(run: Run) -> str:
     judges = [(o.name, m.get("diagnostics") or {}) for o, m in run.jsonl_stages.get("label", [])]
     for name, d in judges + [(p.name, card) for p, card in run.judge_cards]:
         lines.append(f"judge ({name}): {_judge_summary(d)}")
-    for folder, manifest in run.model_stages.get("train-rm", []):
-        held_out = held_out_accuracy(manifest)
-        if held_out is not None:
-            lines.append(f"reward model ({folder.name}): held-out accuracy {held_out}")
-    for path, report in run.rm_evaluations:
-        lines.append(
-            f"reward model vs reference labels ({path.name}):"
-            f" {format_rate(report['correct'], report['pairs'])}"
-        )
+    held_out, against_reference = reward_model_figures(run)
+    for folder, _, accuracy in held_out:
+        lines.append(f"reward model ({folder.name}): held-out accuracy {accuracy}")
+    for path, _, accuracy in against_reference:
+        lines.append(f"reward model vs reference labels ({path.name}): {accuracy}")
     for folder, _ in run.model_stages.get("rl", []):
         trend = reward_trend(_log_history(folder))
         if trend:

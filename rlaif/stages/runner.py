@@ -372,6 +372,22 @@ class RecordStage:
             unit=unit,
         )
 
+    def run_phase(
+        self, name: str, process_chunk, *, unit: str, description: str, phase: str
+    ) -> list[dict]:
+        """Every record through `process_chunk` into OUT.work/NAME.jsonl, resumable on its own,
+        then the engines closed: one step of a stage whose models run one after the other."""
+        result = self.run_chunks(
+            self.records,
+            process_chunk,
+            unit=unit,
+            output=str(work_dir(self.output) / f"{name}.jsonl"),
+            description=description,
+            phase=phase,
+        )
+        self.close_engines()
+        return result.rows
+
     def manifest(self, *, counts: dict, input_lines: list[int] | None = None, **extra) -> dict:
         """The run's manifest; `input_lines` (each output row's input line) make a shard's
         output mergeable."""
@@ -451,14 +467,5 @@ def answer_records(stage: RecordStage, role: str, sampling, salt: str) -> list[s
         stage.tokens.add_completions(role, outs)
         return [{"id": r.id, "text": o.text} for r, o in zip(chunk, outs, strict=True)]
 
-    output = str(work_dir(stage.cfg.output) / f"{role}.jsonl")
-    result = stage.run_chunks(
-        stage.records,
-        process,
-        unit="prompt",
-        output=output,
-        description=f"answer ({role})",
-        phase=role,
-    )
-    stage.close_engines()
-    return [row["text"] for row in result.rows]
+    rows = stage.run_phase(role, process, unit="prompt", description=f"answer ({role})", phase=role)
+    return [row["text"] for row in rows]
