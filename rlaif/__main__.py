@@ -1,4 +1,4 @@
-from rlaif.cli import main
+from rlaif import main
 
 # The guard matters: vLLM spawns worker processes that re-import the main module.
 if __name__ == "__main__":

@@ -31,6 +31,28 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from rlaif import __version__
+
+        typer.echo(f"rlaif {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print rlaif's version and exit."
+        ),
+    ] = False,
+) -> None:
+    """RLAIF and Constitutional AI: generate → sft → sample → label → train-rm / dpo → rl."""
+
+
 constitution_app = typer.Typer(help="Check and inspect constitution files.", no_args_is_help=True)
 app.add_typer(constitution_app, name="constitution")
 eval_app = typer.Typer(help="Evaluate labels, reward models and policies.", no_args_is_help=True)

@@ -7,6 +7,7 @@ local fake of an OpenAI-compatible server), so the whole table runs in well unde
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.server
 import json
@@ -752,6 +753,288 @@ case(
     {"in.jsonl": PAIR},
     "gave no log-probabilities",
 )
+
+
+# --- 10. what people driving a shell or a Makefile trip over --------------------------------
+# Each kind across every command it reaches; the commands as READERS runs them.
+WRITERS = {  # command: (argv with {in} and {out}, a valid input, other files)
+    "generate": ("generate {in} -o {out} --engine hf", PROMPT, {}),
+    "sample": ("sample {in} -o {out} --engine hf", PROMPT, {}),
+    "label": ("label {in} -o {out} --engine hf", PAIR, {}),
+    "winrate": ("eval winrate {in} --policy p -o {out} --engine hf", PROMPT, {}),
+    "refusals": ("eval refusals {in} --policy p -o {out} --engine hf", SAFE_PROMPT, {}),
+    "score": ("score {in} --rm {d}/rm -o {out}", PAIR, REWARD_MODEL),
+}
+TRAINERS = {
+    "sft": ("sft {in} -o {out}", CHAT),
+    "dpo": ("dpo {in} -o {out}", PREF),
+    "train-rm": ("train-rm {in} -o {out}", PREF),
+    "rl": ("rl {in} -o {out} --reward judge", PROMPT),
+}
+SEEDED = ["generate", "sample", "label", "winrate", "refusals", "judge", *TRAINERS]
+
+# Numbers that are not numbers: inf and nan pass `x > 0`, then fail inside JSON or a trainer.
+NOT_FINITE = {
+    "generate": ["--temperature", "--top-p"],
+    "sample": ["--temperature"],
+    "label": ["--clamp-low", "--tau"],
+    "winrate": ["--temperature"],
+    "judge": ["--tau"],
+    "sft": ["--lr", "--epochs"],
+    "dpo": ["--lr", "--beta"],
+    "train-rm": ["--lr"],
+    "rl": ["--lr"],
+}
+for command, flags in NOT_FINITE.items():
+    argv = READERS[command][0].replace("{in}", "{d}/in.jsonl")
+    for flag in flags:
+        for value in ("inf", "nan"):
+            case(
+                f"{command}{flag}-{value}",
+                f"{argv} {flag} {value}",
+                {"in.jsonl": READERS[command][1], **READERS[command][2]},
+                f"{flag} {value}: must be a finite number",
+            )
+
+# Seeds within what every library takes, checked where --seed is declared.
+for command in SEEDED:
+    argv = READERS[command][0].replace("{in}", "{d}/in.jsonl")
+    for value in (str(2**64), "-1"):
+        case(
+            f"{command}-seed-{'huge' if value != '-1' else 'negative'}",
+            [*argv.split(), "--seed", value],
+            {"in.jsonl": READERS[command][1], **READERS[command][2]},
+            f"--seed {int(value):,}: must be between 0 and {2**32 - 1:,}",
+        )
+
+# --max-steps 0 would publish the starting model as trained; a model folder is no stream.
+for command, (argv, content) in TRAINERS.items():
+    for steps in ("0", "-2"):
+        case(
+            f"{command}-max-steps-{steps}",
+            argv.replace("{in}", "{d}/in.jsonl").replace("{out}", "{d}/model")
+            + f" --max-steps {steps}",
+            {"in.jsonl": content},
+            f"--max-steps {steps}: at least 1",
+        )
+    case(
+        f"{command}-output-dir-stdout",
+        argv.replace("{in}", "{d}/in.jsonl").replace("{out}", "-"),
+        {"in.jsonl": content},
+        "-o/--output-dir -: a model is a folder",
+    )
+case(
+    "report-to-stdout",
+    "report {d} -o -",
+    {"x.jsonl": PROMPT},
+    "-o/--output -: this output cannot go to standard output",
+)
+case(
+    "eval-rm-plot-to-stdout",
+    "eval rm {d}/in.jsonl --rm {d}/rm --plot -",
+    {"in.jsonl": PREF, **REWARD_MODEL},
+    "--plot -: this output cannot go to standard output",
+)
+case(
+    "eval-rm-json-to-stdout",
+    "eval rm {d}/in.jsonl --rm {d}/rm --json -",
+    {"in.jsonl": PREF, **REWARD_MODEL},
+    "--json -: this output cannot go to standard output",
+)
+
+# Text that is not text: a lone surrogate escape parses as JSON, then cannot be written back.
+SURROGATE = {
+    "generate": b'{"id": "a", "prompt": "Hi \\ud800 there"}\n',
+    "sample": b'{"id": "a", "prompt": "\\udc00"}\n',
+    "label": b'{"id": "a", "prompt": "Q?", "responses": ["\\ud83d", "no"]}\n',
+    "winrate": b'{"id": "a", "prompt": "\\ud800"}\n',
+    "refusals": b'{"id": "a", "prompt": "\\ud800", "unsafe": false}\n',
+    "sft": CHAT.replace(b'"A"', b'"\\ud800"'),
+    "dpo": PREF.replace(b'"yes"', b'"\\udfff"'),
+    "train-rm": PREF.replace(b'"no"', b'"\\ud800"'),
+    "rl": b'{"id": "a", "prompt": "\\ud800"}\n',
+    "score": PAIR.replace(b'"yes"', b'"\\ud800"'),
+    "show": b'{"id": "a", "prompt": "\\ud800"}\n',
+    "judge": PAIR.replace(b'"no"', b'"\\ud800"'),
+}
+for command, content in SURROGATE.items():
+    argv, _, extra = READERS[command]
+    case(
+        f"{command}-lone-surrogate",
+        argv.replace("{in}", "{d}/in.jsonl"),
+        {"in.jsonl": PROMPT + content if command in ("generate", "sample") else content, **extra},
+        f"in.jsonl:{2 if command in ('generate', 'sample') else 1}: holds a lone surrogate escape",
+    )
+
+# A file name that is not UTF-8 (as a shell passes one: bytes, surrogate-escaped by Python).
+BAD_NAME = "{d}/caf\udce9.jsonl"
+for command, (argv, content, extra) in WRITERS.items():
+    case(
+        f"{command}-output-name-not-utf8",
+        argv.replace("{in}", "{d}/in.jsonl").replace("{out}", BAD_NAME),
+        {"in.jsonl": content, **extra},
+        "is not valid UTF-8 text",
+    )
+for command, (argv, content) in TRAINERS.items():
+    case(
+        f"{command}-output-name-not-utf8",
+        argv.replace("{in}", "{d}/in.jsonl").replace("{out}", "{d}/mod\udce9l"),
+        {"in.jsonl": content},
+        "is not valid UTF-8 text",
+    )
+for command in ("generate", "label", "sft"):
+    argv, content, extra = READERS[command]
+    case(
+        f"{command}-input-name-not-utf8",
+        argv.replace("{in}", BAD_NAME),
+        {"caf\udce9.jsonl": content, **extra},
+        "is not valid UTF-8 text",
+    )
+
+# Keys given twice: YAML forbids them, PyYAML keeps the last without a word.
+DUPLICATE_PRINCIPLES = (
+    CONSTITUTION + b"principles:\n  - {id: b, critique: c, revision: r, preference: p}\n"
+)
+case(
+    "constitution-duplicate-key",
+    "constitution validate {d}/c.yaml",
+    {"c.yaml": DUPLICATE_PRINCIPLES},
+    "c.yaml:5: key 'principles' appears twice",
+)
+for command in ("generate", "label", "winrate"):
+    argv = READERS[command][0].replace("{in}", "{d}/in.jsonl")
+    case(
+        f"{command}-constitution-duplicate-key",
+        f"{argv} -c {{d}}/c.yaml",
+        {"in.jsonl": READERS[command][1], "c.yaml": DUPLICATE_PRINCIPLES},
+        "c.yaml:5: key 'principles' appears twice",
+    )
+for command in ("generate", "label", "sft", "dpo", "rl"):
+    argv = READERS[command][0].replace("{in}", "{d}/in.jsonl")
+    case(
+        f"{command}-config-duplicate-key",
+        f"{argv} --config {{d}}/run.yaml",
+        {"in.jsonl": READERS[command][1], "run.yaml": b"seed: 1\nchunk_size: 2\nseed: 3\n"},
+        "run.yaml:3: key 'seed' appears twice in one mapping (first on line 1)",
+    )
+
+
+# An output edited by hand after rlaif wrote it: its manifest no longer vouches for it.
+def written_then_edited(out: str):
+    def setup(d: Path) -> None:
+        manifest = {"stage": "x", "fingerprint": {}, "output": {"size": 3, "sha256": "0" * 64}}
+        (d / out).write_bytes(b'{"id": "a"}\n')  # not the 3 bytes the manifest records
+        (d / f"{out}.manifest.json").write_text(json.dumps(manifest))
+
+    return setup
+
+
+for command, (argv, content, extra) in WRITERS.items():
+    case(
+        f"{command}-output-edited-by-hand",
+        argv.replace("{in}", "{d}/in.jsonl").replace("{out}", "{d}/out.jsonl"),
+        {"in.jsonl": content, **extra},
+        "out.jsonl: changed since rlaif wrote it",
+        setup=written_then_edited("out.jsonl"),
+    )
+
+
+# Two runs writing one output (make -j with two targets naming one file).
+HOLDERS: list = []
+HOLD = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'4242'); print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+def another_run_writes(out: str):
+    def setup(d: Path) -> None:
+        import subprocess
+        import sys
+
+        target = d / out
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(target.with_name(f".{target.name}.lock"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert holder.stdout.readline() == b"held\n"
+        HOLDERS.append(holder)
+
+    return setup
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_holders():
+    yield
+    for holder in HOLDERS:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+for command, (argv, content, extra) in WRITERS.items():
+    case(
+        f"{command}-two-writers",
+        argv.replace("{in}", "{d}/in.jsonl").replace("{out}", "{d}/out.jsonl"),
+        {"in.jsonl": content, **extra},
+        "out.jsonl: another rlaif run (pid 4242) is writing it",
+        setup=another_run_writes("out.jsonl"),
+    )
+for command, (argv, content) in TRAINERS.items():
+    case(
+        f"{command}-two-writers",
+        argv.replace("{in}", "{d}/in.jsonl").replace("{out}", "{d}/model"),
+        {"in.jsonl": content},
+        "model: another rlaif run (pid 4242) is writing it",
+        setup=another_run_writes("model"),
+    )
+
+# Inputs as people have them: gzip-compressed JSONL, read transparently, errors by line.
+GZ_FILES = {
+    "gz-not-gzip": (b"not gzip at all\n", "in.jsonl.gz: not a complete gzip file"),
+    "gz-cut-short": (
+        gzip.compress(b"".join(b'{"id": "%d"}\n' % (i * 7919 % 100003) for i in range(400)))[:300],
+        "in.jsonl.gz: not a complete gzip file",
+    ),
+    "gz-invalid-json": (
+        gzip.compress(b'{"id": "a"}\n{oops}\n'),
+        "in.jsonl.gz:2: line contains invalid json",
+    ),
+}
+for command, (argv, _, extra) in READERS.items():
+    for problem, (content, expect) in GZ_FILES.items():
+        case(
+            f"{command}-{problem}",
+            argv.replace("{in}", "{d}/in.jsonl.gz"),
+            {"in.jsonl.gz": content, **extra},
+            expect,
+        )
+
+
+# ... parquet files, `datasets` folders and hub datasets, through `datasets`.
+for command in ("generate", "label", "dpo", "agreement", "show"):
+    argv, _, extra = READERS[command]
+    case(
+        f"{command}-parquet-not-parquet",
+        argv.replace("{in}", "{d}/in.parquet"),
+        {"in.parquet": b"not parquet\n", **extra},
+        "in.parquet: cannot be read as a dataset",
+    )
+    case(
+        f"{command}-parquet-missing",
+        argv.replace("{in}", "{d}/in.parquet"),
+        dict(extra),
+        "in.parquet: no such file",
+    )
+    case(
+        f"{command}-hub-dataset-offline",
+        argv.replace("{in}", "hf:no-such-org/no-such-data"),
+        dict(extra),
+        "hf:no-such-org/no-such-data: the hub (127.0.0.1) cannot be reached",
+        env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+    )
 
 
 # --- the test ---------------------------------------------------------------------------------

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import subprocess
 import sys
+import threading
 import typing
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -25,6 +27,7 @@ from rlaif.plumbing.config import CONFIG_PARAM
 from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.internals import click_errors as _click_errors
 from rlaif.plumbing.options import CliField, build_config, cli_fields
+from rlaif.plumbing.outputs import release_output_locks
 
 click_errors = _click_errors()
 
@@ -36,23 +39,33 @@ def run_cli(fn: Callable[[], Any]) -> Any:
     a bug in rlaif or a library: one line saying so, exit 1; `RLAIF_DEBUG=1` shows the
     traceback instead.
     """
+    # Only the main thread may set handlers (a Python caller may run a stage in another).
+    main_thread = threading.current_thread() is threading.main_thread()
+    _SIGNALLED.clear()
+    previous = {}
+    if main_thread:
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return fn()
     except UserError as e:
-        _fail(str(e), e.exit_code)
+        if not _SIGNALLED:
+            _fail(str(e), e.exit_code)
+        _interrupted(main_thread)
     except KeyboardInterrupt:
-        _fail("interrupted: finished records are kept; run the same command again to resume", 130)
+        _interrupted(main_thread)
     except (typer.Exit, typer.Abort, SystemExit):
         raise
-    except OSError as e:
+    except BaseException as e:
+        if _SIGNALLED:  # a library turned the interrupt into another error (a half import)
+            _interrupted(main_thread)
         if os.environ.get("RLAIF_DEBUG"):
             raise
-        where = f"{e.filename}: " if e.filename else ""
-        _fail(f"{where}{e.strerror or e}", 2)
-    except MemoryError:
-        _fail("out of memory; try smaller inputs, --batch-size or --chunk-size", 2)
-    except Exception as e:
-        if os.environ.get("RLAIF_DEBUG"):
+        if isinstance(e, OSError):
+            where = f"{e.filename}: " if e.filename else ""
+            _fail(f"{where}{e.strerror or e}", 2)
+        if isinstance(e, MemoryError):
+            _fail("out of memory; try smaller inputs, --batch-size or --chunk-size", 2)
+        if not isinstance(e, Exception):
             raise
         message = " ".join(str(e).split())[:300]
         _fail(
@@ -60,6 +73,31 @@ def run_cli(fn: Callable[[], Any]) -> Any:
             " RLAIF_DEBUG=1 shows the traceback)",
             1,
         )
+    finally:
+        release_output_locks()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, `kill`), handled as Ctrl-C is: whatever is being written
+    is cleaned up on the way out, finished records are kept, the exit code is 128 + 15."""
+
+
+_SIGNALLED: list[int] = []  # the signals this command received
+
+
+def _on_signal(signum, frame):
+    _SIGNALLED.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _interrupted(main_thread: bool):
+    code = 143 if signal.SIGTERM in _SIGNALLED else 130
+    if main_thread:  # stopping now: a second signal changes nothing
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    _fail("interrupted: finished records are kept; run the same command again to resume", code)
 
 
 def _fail(message: str, code: int):

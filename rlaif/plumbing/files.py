@@ -25,15 +25,27 @@ STDIO = "-"  # stdin or stdout, wherever a path is taken
 
 
 def read_input_bytes(path: str) -> bytes:
-    """The bytes of an input file (or stdin for `-`); one-line errors for the usual mistakes."""
+    """The bytes of an input file (or stdin for `-`), a `.gz` file's decompressed (HH-RLHF
+    ships as test.jsonl.gz); one-line errors for the usual mistakes."""
     if path == STDIO:
+        if sys.stdin is None:
+            raise at(path, None, "standard input is closed; give a file, or pipe one in")
         return sys.stdin.buffer.read()
     p = Path(path)
     if not p.exists():
         raise at(path, None, "no such file")
     if p.is_dir():
         raise at(path, None, "is a folder, expected a JSONL file")
-    return p.read_bytes()
+    data = p.read_bytes()
+    if path.endswith(".gz"):
+        import gzip
+        import zlib
+
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise at(path, None, f"not a complete gzip file ({e})") from None
+    return data
 
 
 def parse_jsonl(path: str, data: bytes) -> list[tuple[int, dict]]:
@@ -67,13 +79,110 @@ def parse_jsonl(path: str, data: bytes) -> list[tuple[int, dict]]:
         raise at(path, current_line, problem) from None
     if not rows:
         raise at(path, None, "empty file: no JSON records found")
+    for number, obj in rows:
+        if b"\\u" in lines[number - 1] and not _is_text(obj):
+            raise at(
+                path,
+                number,
+                "holds a lone surrogate escape (such as \\ud800), which is not text; fix or"
+                " remove it",
+            )
     return rows
 
 
+def _is_text(obj: Any) -> bool:
+    """Whether every string in a parsed row can be written back as UTF-8 (JSON's \\ud800 alone
+    parses into a string that cannot)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_jsonl(path: str) -> tuple[list[tuple[int, dict]], str]:
-    """Records with their line numbers, and the sha256 of the input's bytes."""
+    """Records with their line numbers, and the sha256 of the input's bytes. Besides JSONL
+    (plain or .gz): a parquet file, a `datasets` folder, or a hub dataset (`is_dataset`)."""
+    if is_dataset(path):
+        return read_dataset(path)
     data = read_input_bytes(path)
     return parse_jsonl(path, data), sha256_bytes(data)
+
+
+HUB_DATASET = "hf:"  # hf:trl-lib/ultrafeedback_binarized, or hf:NAME:SPLIT (default: train)
+
+
+def is_dataset(path: str) -> bool:
+    """Preference data as TRL users keep it: parquet, a `save_to_disk` folder, the hub."""
+    p = Path(path)
+    saved = p.is_dir() and any(
+        (p / f).is_file() for f in ("dataset_info.json", "dataset_dict.json")
+    )
+    return path.startswith(HUB_DATASET) or path.endswith(".parquet") or saved
+
+
+def read_dataset(path: str) -> tuple[list[tuple[int, dict]], str]:
+    """The rows of a dataset, numbered from 1 as lines are (errors name `FILE:ROW`). The hash
+    is that of the rows as JSON lines, so it identifies what was read, wherever it came from."""
+    import datasets
+
+    try:
+        if path.startswith(HUB_DATASET):
+            name, _, split = path[len(HUB_DATASET) :].partition(":")
+            _check_hub_reachable(path)
+            data = datasets.load_dataset(name, split=split or "train")
+        elif path.endswith(".parquet"):
+            if not Path(path).is_file():
+                raise at(path, None, "no such file")
+            import pyarrow.parquet
+
+            # pyarrow directly: the rows without datasets' cache copy or progress bars
+            return _numbered(pyarrow.parquet.read_table(path).to_pylist(), path)
+        else:
+            data = datasets.load_from_disk(path)
+            if isinstance(data, datasets.DatasetDict):
+                if "train" not in data:
+                    raise at(path, None, f"no 'train' split (splits: {', '.join(data)})")
+                data = data["train"]
+    except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
+        message = " ".join(str(e).split())[:200]
+        raise at(
+            path, None, f"cannot be read as a dataset ({type(e).__name__}: {message})"
+        ) from None
+    return _numbered(data.to_list(), path)
+
+
+def _numbered(records: list[dict], path: str) -> tuple[list[tuple[int, dict]], str]:
+    rows = [(i, dict(row)) for i, row in enumerate(records, 1)]
+    if not rows:
+        raise at(path, None, "empty dataset: no records")
+    digest = hashlib.sha256()
+    for _, row in rows:
+        digest.update((json_line(row) + "\n").encode("utf-8"))
+    return rows, digest.hexdigest()
+
+
+def _check_hub_reachable(path: str, timeout_s: float = 3.0) -> None:
+    """Offline, the hub client retries for a minute: fail in seconds instead."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_DATASETS_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "")).lower() in (
+        "1", "true", "yes", "on",
+    ):  # fmt: skip
+        return  # the cache answers, or datasets says it is not there
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError:
+        raise at(
+            path,
+            None,
+            f"the hub ({host}) cannot be reached (no network?); download the dataset where"
+            " there is one (datasets' save_to_disk) and give its folder",
+        ) from None
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -110,13 +219,90 @@ def atomic_output(path: str | Path, mode: str = "w") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        # a write error (a full disk) names no file: name the output, and what is left
+        raise at(
+            str(path),
+            None,
+            f"{e.strerror or e} while writing it; nothing was written"
+            f" ({_free_space(target.parent)})",
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _free_space(folder: Path) -> str:
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:,.1f} MiB free there"
+
+
+def write_with_manifest(path: str, rows: Iterable[dict], manifest_file: Path, manifest: dict):
+    """Publish a JSONL output and its manifest together, or neither.
+
+    Both are written to temporary files first, and the manifest records the output's size and
+    sha256 (`file_identity`, to notice an edit by hand later). Then both are renamed into
+    place with SIGINT and SIGTERM held back, so a signal cannot land between the two renames;
+    a failure before them (a full disk, a signal) leaves neither, nor any temporary file."""
+    import signal
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = [target.with_name(f".{p.name}.tmp-{os.getpid()}") for p in (target, manifest_file)]
+    try:
+        with open(staged[0], "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json_line(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        with open(staged[1], "w", encoding="utf-8") as f:
+            json.dump(
+                {**manifest, "output": file_identity(staged[0])},
+                f,
+                indent=2,
+                ensure_ascii=False,
+                default=str,
+            )
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        held = {signal.SIGINT, signal.SIGTERM}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            os.replace(staged[0], target)
+            os.replace(staged[1], manifest_file)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise at(
+            path,
+            None,
+            f"{e.strerror or e} while writing it; nothing was written"
+            f" ({_free_space(target.parent)})",
+        ) from None
+    finally:
+        for p in staged:
+            p.unlink(missing_ok=True)
+
+
+def file_identity(path: str | Path) -> dict:
+    """What a manifest records of the output it describes, to notice an edit by hand."""
+    return {"size": Path(path).stat().st_size, "sha256": sha256_file(path)}
 
 
 def write_jsonl(path: str, rows: Iterable[dict]) -> None:
     """Write rows atomically to `path`, or to stdout for `-`."""
     if path == STDIO:
+        if sys.stdout is None:
+            raise at(path, None, "standard output is closed; give -o a file path")
         with jsonlines.Writer(sys.stdout, dumps=json_line, flush=True) as writer:
             writer.write_all(rows)
         return

@@ -31,6 +31,7 @@ def option(
     parse: Callable[[Any], Any] | None = None,
     default_factory: Any = MISSING,
     fingerprint: bool = True,
+    bounds: tuple[int, int] | None = None,
 ) -> Any:
     """A Config field that is also a command-line option.
 
@@ -40,6 +41,11 @@ def option(
     the option then takes text, shown without a default.
     `fingerprint=False`: the option changes nothing a row holds (where the output goes,
     whether to publish), so a run resumes and an output stays up to date across its values.
+    `bounds`: the lowest and highest integer it takes, checked on the command line.
+
+    Every option is also checked for what no option takes: a float that is inf or nan, and
+    text that is not UTF-8 (a lone surrogate, a file name in another encoding), which would
+    fail later inside JSON or a library.
     """
     metadata = {
         "help": help,
@@ -47,8 +53,19 @@ def option(
         "argument": argument,
         "parse": parse,
         "fingerprint": fingerprint,
+        "bounds": bounds,
     }
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+# What every library a seed reaches takes (numpy's legacy seeding stops at 2**32 - 1; torch,
+# vLLM and transformers take more), so a seed fails here rather than after a model has loaded.
+SEED_BOUNDS = (0, 2**32 - 1)
+
+
+def seed_option(help: str) -> Any:
+    """A `--seed`, within what every library takes."""
+    return option(0, help=help, bounds=SEED_BOUNDS)
 
 
 def output_option(help: str = "Output JSONL file ('-' for stdout).") -> Any:
@@ -86,6 +103,7 @@ class CliField:
     argument: bool
     parse: Callable[[Any], Any] | None
     choices: tuple | None = None  # checked before the Config is built
+    bounds: tuple[int, int] | None = None
 
     @property
     def required(self) -> bool:
@@ -151,6 +169,7 @@ def cli_fields(cls: type, *, _path: tuple[str, ...] = ()) -> list[CliField]:
                 flags=meta["flags"] or (f"--{f.name.replace('_', '-')}",),
                 argument=meta["argument"],
                 parse=meta["parse"],
+                bounds=meta.get("bounds"),
             )
         )
     names = [f.name for f in out]
@@ -172,6 +191,31 @@ def _stage_fields_first(cls: type) -> list[dataclasses.Field]:
     ]
 
 
+def check_value(f: CliField, value: Any) -> None:
+    """What every option must be, whatever its stage: finite, within its bounds, UTF-8."""
+    import math
+
+    from rlaif.plumbing.errors import UserError
+
+    # the long flag as the user most likely typed it: "--lr", not "--lr/--learning-rate"
+    name = f.display if f.argument else next((x for x in f.flags if x.startswith("--")), f.display)
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise UserError(f"{name} {item}: must be a finite number")
+        if f.bounds and isinstance(item, int) and not f.bounds[0] <= item <= f.bounds[1]:
+            low, high = f.bounds
+            raise UserError(f"{name} {item:,}: must be between {low:,} and {high:,}")
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = item.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+                raise UserError(
+                    f"{name} {shown}: is not valid UTF-8 text (a file name in another"
+                    " encoding, or a lone surrogate); rename the file or fix the text"
+                ) from None
+
+
 def build_config(cls: type, values: dict[str, Any]):
     """A Config from parameter values keyed by `CliField.name` (absent: the default).
 
@@ -190,6 +234,7 @@ def build_config(cls: type, values: dict[str, Any]):
             raise UserError(f"missing {f.display}: {f.help}")
         if f.choices is not None and value not in f.choices:
             raise UserError(f"{f.flags[-1]} {value}: choose one of {', '.join(f.choices)}")
+        check_value(f, value)
         if f.parse is not None:
             value = f.parse(value)
         if len(f.path) == 1:

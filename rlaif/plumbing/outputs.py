@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlaif.plumbing.errors import UserError
-from rlaif.plumbing.files import STDIO, json_line, manifest_path, partial_path
+from rlaif.plumbing.files import STDIO, json_line, manifest_path, partial_path, sha256_file
 from rlaif.plumbing.manifest import read_manifest
 
 PARTIAL_HEADER_KEY = "__rlaif_partial__"
@@ -78,6 +78,24 @@ def refuse_output_as_input(output: str, inputs: Iterable[str | None], option: st
             raise UserError(
                 f"{option} {output}: is also an input ({given}); write the output elsewhere"
             )
+
+
+def _refuse_stdout_as_input(inputs: Iterable[str | None], option: str) -> None:
+    """`rlaif generate in.jsonl -o - >> in.jsonl` would read its own rows as they are written;
+    refused like GNU cat's "input file is output file"."""
+    try:
+        out = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return  # not a real file (a test's capture, a pipe object)
+    for given in inputs:
+        if not given or given == STDIO:
+            continue
+        try:
+            source = os.stat(given)
+        except OSError:
+            continue
+        if (source.st_dev, source.st_ino) == (out.st_dev, out.st_ino):
+            raise UserError(f"{option} -: standard output is the input {given}; write elsewhere")
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -134,7 +152,26 @@ def existing_output(output: str, force: bool, *, folder: bool, option: str) -> d
         return None
     if folder:
         _refuse_foreign_files(path, manifest, option)
+    elif _edited(path, manifest):
+        if not force:
+            raise UserError(
+                f"{option} {output}: changed since rlaif wrote it (its size or sha256 is not the"
+                f" one {manifest_file.name} records); move it away to keep it, or add --force to"
+                " make it again"
+            )
+        return None
     return manifest
+
+
+def _edited(path: Path, manifest: dict) -> bool:
+    """Whether a JSONL output is no longer what its manifest says rlaif wrote (a row removed
+    or edited by hand, a file cut short). Manifests from before they recorded it: trusted."""
+    recorded = manifest.get("output")
+    if not isinstance(recorded, dict):
+        return False
+    if path.stat().st_size != recorded.get("size"):
+        return True
+    return sha256_file(path) != recorded.get("sha256")
 
 
 def up_to_date(
@@ -198,22 +235,122 @@ def guard_output(
     force: bool,
     option: str,
     kind: str | Callable[[Path], bool] = "file",
+    stdout_ok: bool = True,
 ) -> OutputGuard:
     """The one check of what a run writes, before any work: the output is none of the inputs
     (nor a folder holding one), and whatever lies there was written by rlaif.
 
     `kind`: "file" (a JSONL output with OUT.manifest.json beside it), "folder" (a model folder
     with manifest.json inside), or, for a file that carries no manifest (a report, a plot),
-    the function that tells whether rlaif wrote it. Standard output passes every check."""
+    the function that tells whether rlaif wrote it. Standard output (`-`) passes every check
+    where the output can be streamed; `stdout_ok=False` refuses it (a folder, a PNG, a page)."""
     if output == STDIO:
+        if kind == "folder" or not stdout_ok:
+            raise UserError(f"{option} -: this output cannot go to standard output; give a path")
+        if sys.stdout is None:  # `>&-` in a shell: nothing could be written
+            raise UserError(f"{option} -: standard output is closed; give a file path")
+        _refuse_stdout_as_input(inputs, option)
         return OutputGuard(output, option, force, None)
     if callable(kind):
         check_overwrite(output, kind, option)
         refuse_output_as_input(output, inputs, option)
         return OutputGuard(output, option, force, None)
     refuse_output_as_input(output, inputs, option)
+    lock_output(output, option)
     previous = existing_output(output, force, folder=kind == "folder", option=option)
     return OutputGuard(output, option, force, previous)
+
+
+# --- one writer per output ----------------------------------------------------------------------
+# The lock is an flock on `.OUT.lock` beside the output: the kernel drops it when the process
+# ends however it ends, so a killed run never blocks a rerun. This process's locks, by lock
+# file: (descriptor, a folder made for it that is removed again if left empty).
+_HELD: dict[str, tuple[int, Path | None]] = {}
+
+
+def lock_output(output: str, option: str) -> None:
+    """Take the output's lock for the rest of this command (`release_output_locks`), or refuse
+    in one line while another run holds it. Two runs writing one output (make -j with two
+    targets naming one file) would otherwise share its partial file and publish rows of both
+    settings under one manifest."""
+    import fcntl
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # a data-parallel worker: the main process (rank 0) holds the lock for them
+    target = Path(output)
+    lock = target.with_name(f".{target.name}.lock")
+    key = str(lock.absolute())
+    if key in _HELD:
+        return  # this process holds it already (a Python caller running a second stage)
+    made = None
+    if not target.parent.exists():
+        made = next(p for p in [target.parent, *target.parent.parents] if p.parent.exists())
+        target.parent.mkdir(parents=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            _remove_empty(made)
+            raise UserError(
+                f"{option} {output}: another rlaif run (pid {holder}) is writing it; wait for it"
+                " to finish, or give another path"
+            ) from None
+        # the holder before us may have removed the file as we opened it: lock the live one
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = (fd, made)
+
+
+def one_run(run):
+    """A stage's entry point, called from Python as from the CLI: the output locks it took are
+    dropped when it returns or fails (the CLI drops them too, at the end of the command)."""
+    import functools
+
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        held = set(_HELD)
+        try:
+            return run(*args, **kwargs)
+        finally:
+            release_output_locks(keep=held)
+
+    return wrapper
+
+
+def release_output_locks(keep: set[str] = frozenset()) -> None:
+    """Drop the output locks this process took (but those in `keep`)."""
+    for key, (fd, made) in list(_HELD.items()):
+        if key in keep:
+            continue
+        try:
+            if os.stat(key).st_ino == os.fstat(fd).st_ino:
+                os.unlink(key)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        _remove_empty(made)
+        del _HELD[key]
+
+
+def _remove_empty(folder: Path | None) -> None:
+    """Remove a folder made for a lock, and the folders made with it, where nothing else was
+    written there."""
+    if folder is None:
+        return
+    for path in sorted((p for p in [folder, *folder.rglob("*")] if p.is_dir()), reverse=True):
+        try:
+            path.rmdir()
+        except OSError:
+            pass
 
 
 def check_existing_output(

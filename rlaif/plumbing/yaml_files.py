@@ -2,7 +2,8 @@
 
 `yaml.safe_load` builds no arbitrary objects, but it still follows aliases, so a few lines of
 nested aliases ("billion laughs") can ask for gigabytes. Neither file kind needs more than a
-handful of aliases; beyond `MAX_ALIASES` the file is refused while it is being read.
+handful of aliases; beyond `MAX_ALIASES` the file is refused while it is being read. A key given
+twice in one mapping is refused with its line, as YAML requires and PyYAML does not check.
 """
 
 from __future__ import annotations
@@ -32,6 +33,25 @@ def read_yaml(path: str, what: str):
                         f"more than {MAX_ALIASES} YAML aliases (*name); write the values out",
                     )
             return super().compose_node(parent, index)
+
+        def construct_mapping(self, node, deep=False):
+            # YAML forbids a key twice in one mapping; PyYAML keeps the last silently, so a
+            # second `principles:` would replace the first without a word.
+            seen: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:
+                    continue  # an unhashable key: PyYAML's own error follows
+                if first != key_node.start_mark.line + 1:
+                    raise at(
+                        path,
+                        key_node.start_mark.line + 1,
+                        f"key {key!r} appears twice in one mapping (first on line {first});"
+                        " YAML forbids that, and only one would be used",
+                    )
+            return super().construct_mapping(node, deep=deep)
 
     p = Path(path)
     if not p.is_file():

@@ -24,6 +24,7 @@ from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.files import read_jsonl
 from rlaif.plumbing.models import resolve_model
 from rlaif.plumbing.options import option
+from rlaif.plumbing.outputs import one_run
 from rlaif.training.job import InputFile, TrainingJob, TrainingSettings, load_causal_lm
 from rlaif.training.preference_data import (
     LabelModeSettings,
@@ -149,6 +150,7 @@ def training_rows(rows: list[dict], cfg: DPOConfig) -> tuple[list[dict], int]:
     return rows, dropped
 
 
+@one_run
 def run(cfg: DPOConfig) -> dict:
     started = time.time()
     guard = cfg.guard_output(cfg.prefs, cfg.ref_model)

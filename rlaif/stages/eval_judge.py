@@ -28,7 +28,7 @@ from rlaif.judging.judge import JudgingSettings
 from rlaif.plumbing.errors import UserError, at
 from rlaif.plumbing.files import STDIO, read_jsonl
 from rlaif.plumbing.options import group, option
-from rlaif.plumbing.outputs import guard_output, png_written_by_rlaif
+from rlaif.plumbing.outputs import guard_output, one_run, png_written_by_rlaif
 from rlaif.plumbing.pairs import parse_pair_records
 from rlaif.stages.runner import RunSettings
 
@@ -125,6 +125,7 @@ class EvalAgreementConfig(CardSettings):
     labels: str = option(help="Output of `rlaif label` ('-' for stdin).", argument=True)
 
 
+@one_run
 def evaluate_agreement(cfg: EvalAgreementConfig) -> dict:
     cfg.check_outputs([cfg.labels])
     rows = check_label_rows(cfg.labels, read_jsonl(cfg.labels)[0])
@@ -167,6 +168,7 @@ class EvalJudgeConfig(CardSettings, RunSettings):
         self.judges = jury.judge_roles(self.judge_model)
 
 
+@one_run
 def evaluate_judge(cfg: EvalJudgeConfig) -> dict:
     from rlaif.judging.constitution import resolve_constitution_path
     from rlaif.stages.judge_runs import judge_chunk_of, too_long_for_judges

@@ -35,6 +35,7 @@ from rlaif.engines import EngineSettings, Sampling
 from rlaif.judging.diagnostics import wilson_interval
 from rlaif.plumbing.errors import UserError, at
 from rlaif.plumbing.options import option, output_option
+from rlaif.plumbing.outputs import one_run
 from rlaif.plumbing.records import parse_prompt_records
 from rlaif.plumbing.stats import sigmoid
 from rlaif.stages.runner import (
@@ -316,6 +317,7 @@ def _judge_refusals(stage: RecordStage, role: str, answers: list[str]) -> list[d
     )
 
 
+@one_run
 def run(cfg: RefusalsConfig) -> dict:
     roles = {"policy": cfg.policy}
     if cfg.baseline:

@@ -32,6 +32,7 @@ from rlaif.judging.judge import JudgingSettings, judge_chunk
 from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.models import EMBEDDED_ALIAS
 from rlaif.plumbing.options import group, option, output_option
+from rlaif.plumbing.outputs import one_run
 from rlaif.plumbing.pairs import PairRecord
 from rlaif.plumbing.records import parse_prompt_records
 from rlaif.stages.runner import (
@@ -214,6 +215,7 @@ def _judge(stage: RecordStage, pairs: list[PairRecord]) -> dict[str, dict]:
     return {row["id"]: row for row in result.rows}
 
 
+@one_run
 def run(cfg: WinrateConfig) -> dict:
     if cfg.engine.engine == "openai":
         raise UserError(

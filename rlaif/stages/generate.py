@@ -22,6 +22,7 @@ from rlaif.judging.constitution import Constitution, constitution_option
 from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.models import EMBEDDED_ALIAS
 from rlaif.plumbing.options import option
+from rlaif.plumbing.outputs import one_run
 from rlaif.plumbing.progress import Progress, TokenCounter
 from rlaif.plumbing.records import PromptRecord, parse_prompt_records
 from rlaif.plumbing.seeds import derived_seed
@@ -173,6 +174,7 @@ def _output_row(record, initial: str, final: str, steps, policy_id, judge_id) ->
     }
 
 
+@one_run
 def run(cfg: GenerateConfig) -> dict:
     """Run the stage; returns its manifest. Input problems raise UserError before any work."""
     with RecordStage(

@@ -25,6 +25,7 @@ from rlaif.judging.judge import JudgingSettings
 from rlaif.plumbing.errors import UserError, at
 from rlaif.plumbing.files import STDIO
 from rlaif.plumbing.options import group, option
+from rlaif.plumbing.outputs import one_run
 from rlaif.plumbing.pairs import parse_pair_records
 from rlaif.plumbing.progress import TokenCounter
 from rlaif.stages.judge_runs import judge_chunk_of, too_long_for_judges
@@ -199,6 +200,7 @@ def _calibrate(stage: RecordStage, references: list) -> dict:
     return report
 
 
+@one_run
 def run(cfg: LabelConfig) -> dict:
     """Label every pair; returns the manifest (with judge diagnostics) and prints the report."""
     # more than two responses a row only for pointwise judging

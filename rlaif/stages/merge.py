@@ -20,7 +20,7 @@ from rlaif.plumbing.errors import UserError, at
 from rlaif.plumbing.files import STDIO, manifest_path, read_input_bytes, read_jsonl, sha256_file
 from rlaif.plumbing.manifest import read_manifest
 from rlaif.plumbing.options import option, output_option
-from rlaif.plumbing.outputs import guard_output
+from rlaif.plumbing.outputs import guard_output, one_run
 from rlaif.plumbing.progress import throughput_of
 from rlaif.plumbing.shard import Shard
 from rlaif.stages.runner import publish
@@ -271,6 +271,7 @@ def _shard_entry(part: ShardPart) -> dict:
     }
 
 
+@one_run
 def run(cfg: MergeConfig) -> dict:
     """Merge the shards; returns the merged manifest. Every check runs before any writing."""
     started = time.time()

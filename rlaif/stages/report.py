@@ -557,7 +557,14 @@ def written_by_report(path: Path) -> bool:
 
 
 def write_report(root: str, output: str) -> Run:
-    guard_output(output, inputs=[], force=False, option="-o/--output", kind=written_by_report)
+    guard_output(
+        output,
+        inputs=[],
+        force=False,
+        option="-o/--output",
+        kind=written_by_report,
+        stdout_ok=False,
+    )
     run = discover(Path(root))
     check_readable(run)
     page = render(run)

@@ -24,6 +24,7 @@ from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.files import read_jsonl
 from rlaif.plumbing.models import EMBEDDED_ALIAS, resolve_model
 from rlaif.plumbing.options import option
+from rlaif.plumbing.outputs import one_run
 from rlaif.plumbing.records import parse_prompt_records
 from rlaif.training.job import InputFile, TrainingJob, TrainingSettings, load_causal_lm
 
@@ -203,6 +204,7 @@ def check_vllm_rollouts_possible(cfg: RLConfig) -> None:
         )
 
 
+@one_run
 def run(cfg: RLConfig) -> dict:
     started = time.time()
     guard = cfg.guard_output(cfg.prompts, cfg.reward)

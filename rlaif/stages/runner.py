@@ -27,9 +27,9 @@ from pathlib import Path
 
 from rlaif.engines import EngineSettings, result_settings
 from rlaif.plumbing.errors import UserError
-from rlaif.plumbing.files import STDIO, manifest_path, read_jsonl, write_jsonl
-from rlaif.plumbing.manifest import build_manifest, write_manifest
-from rlaif.plumbing.options import group, option, output_option
+from rlaif.plumbing.files import STDIO, manifest_path, read_jsonl, write_jsonl, write_with_manifest
+from rlaif.plumbing.manifest import build_manifest
+from rlaif.plumbing.options import group, option, output_option, seed_option
 from rlaif.plumbing.outputs import PartialRun, guard_output
 from rlaif.plumbing.progress import Progress, TokenCounter, format_throughput
 from rlaif.plumbing.shard import Shard, manifest_fields, parse_shard, select
@@ -40,7 +40,7 @@ class RunSettings:
     """The options of every run over records: seeds, chunks, engine. A stage that writes no
     file (eval judge) takes these alone."""
 
-    seed: int = option(0, help="Seed for principle sampling, pair order and generation.")
+    seed: int = seed_option("Seed for principle sampling, pair order and generation.")
     # the engine sees every record of a chunk at once (the bar still moves within one, as
     # requests finish); also the resume granularity
     chunk_size: int = option(256, help="Records processed together and saved per step of progress.")
@@ -155,15 +155,15 @@ def run_in_chunks(
 
 
 def publish(output: str, rows: list[dict], manifest: dict) -> None:
-    """Write the manifest, then the output (atomically), then drop the partial file.
+    """Publish the output and its manifest together, or neither; then drop the partial file.
 
-    The manifest goes first so that whenever the output exists its provenance does too.
+    The manifest records the output's size and sha256; `outputs.existing_output` compares
+    them later, to notice an edit by hand (see `files.write_with_manifest`).
     """
     if output == STDIO:
         write_jsonl(output, rows)
         return
-    write_manifest(manifest_path(output), manifest)
-    write_jsonl(output, rows)
+    write_with_manifest(output, rows, manifest_path(output), manifest)
     PartialRun.discard(output)
 
 

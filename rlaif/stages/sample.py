@@ -12,6 +12,7 @@ from rlaif.engines import Sampling
 from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.models import EMBEDDED_ALIAS
 from rlaif.plumbing.options import option
+from rlaif.plumbing.outputs import one_run
 from rlaif.plumbing.progress import Progress, TokenCounter
 from rlaif.plumbing.records import parse_prompt_records
 from rlaif.plumbing.seeds import derived_seed
@@ -102,6 +103,7 @@ def pairs_of(row: dict, one_row: bool = False) -> list[dict]:
     ]
 
 
+@one_run
 def run(cfg: SampleConfig) -> dict:
     with RecordStage(
         "sample",

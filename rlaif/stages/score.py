@@ -10,7 +10,12 @@ from rlaif.plumbing.errors import UserError, at
 from rlaif.plumbing.files import folder_digest, read_jsonl
 from rlaif.plumbing.manifest import build_manifest
 from rlaif.plumbing.options import option, output_option
-from rlaif.plumbing.outputs import guard_output, json_report_written_by_rlaif, png_written_by_rlaif
+from rlaif.plumbing.outputs import (
+    guard_output,
+    json_report_written_by_rlaif,
+    one_run,
+    png_written_by_rlaif,
+)
 from rlaif.plumbing.pairs import parse_pair_records
 from rlaif.plumbing.records import parse_prompt_records
 from rlaif.plumbing.stats import (
@@ -85,13 +90,16 @@ class EvalRMConfig:
             raise UserError(f"--batch-size {self.batch_size}: must be at least 1")
 
 
+@one_run
 def evaluate_rm(cfg: EvalRMConfig) -> dict:
     for path, name, ours in (
         (cfg.plot, "--plot", png_written_by_rlaif),
         (cfg.json_out, "--json", json_report_written_by_rlaif),
     ):
         if path:
-            guard_output(path, inputs=[cfg.pairs], force=False, option=name, kind=ours)
+            guard_output(
+                path, inputs=[cfg.pairs], force=False, option=name, kind=ours, stdout_ok=False
+            )
     check_reward_model_folder(cfg.rm)
     rows, _ = read_jsonl(cfg.pairs)
     pairs = []
@@ -143,6 +151,15 @@ class ScoreConfig:
             raise UserError(f"--batch-size {self.batch_size}: must be at least 1")
 
 
+def _is_chat(value) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value)
+    )
+
+
+@one_run
 def score_file(cfg: ScoreConfig) -> dict:
     """Add rewards: `reward` per response (a `rewards` list for rows with several)."""
     started = time.time()
@@ -160,7 +177,16 @@ def score_file(cfg: ScoreConfig) -> dict:
     items: list[tuple[dict, list[dict], list[str]]] = []  # (row, prompt, responses)
     for line, row in rows:
         if is_labelled_row(row):
-            items.append((row, row["prompt"], list(row["responses"])))
+            prompt, responses = row.get("prompt"), row.get("responses")
+            if not _is_chat(prompt):
+                raise at(cfg.input, line, "'prompt' of a label row must be a list of chat messages")
+            if not (
+                isinstance(responses, list)
+                and responses
+                and all(isinstance(r, str) for r in responses)
+            ):
+                raise at(cfg.input, line, "'responses' of a label row must be a list of texts")
+            items.append((row, prompt, list(responses)))
         elif "responses" in row or ("chosen" in row and "rejected" in row):
             [record] = parse_pair_records(cfg.input, [(line, row)])
             items.append((row, record.prompt, list(record.responses)))

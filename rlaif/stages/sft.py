@@ -15,6 +15,7 @@ from rlaif.plumbing.errors import UserError, at
 from rlaif.plumbing.files import read_jsonl
 from rlaif.plumbing.models import resolve_model
 from rlaif.plumbing.options import option
+from rlaif.plumbing.outputs import one_run
 from rlaif.plumbing.records import parse_messages
 from rlaif.training.job import InputFile, TrainingJob, TrainingSettings, load_causal_lm
 
@@ -71,6 +72,7 @@ def conversation_lengths(rows: list[dict], tokenizer) -> list[int]:
     return [length(r["prompt"] + r["completion"]) for r in rows]
 
 
+@one_run
 def run(cfg: SFTConfig) -> dict:
     started = time.time()
     guard = cfg.guard_output(cfg.data)

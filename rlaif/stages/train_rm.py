@@ -23,6 +23,7 @@ from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.files import read_jsonl
 from rlaif.plumbing.models import resolve_model
 from rlaif.plumbing.options import option
+from rlaif.plumbing.outputs import one_run
 from rlaif.training.job import InputFile, TrainingJob, TrainingSettings
 from rlaif.training.preference_data import LabelModeSettings, collator_with_label_p, preference_rows
 
@@ -151,6 +152,7 @@ def _to_dataset(rows: list[dict], lengths: list[int], soft: bool):
     return Dataset.from_dict(columns)
 
 
+@one_run
 def run(cfg: TrainRMConfig) -> dict:
     started = time.time()
     guard = cfg.guard_output(cfg.prefs)

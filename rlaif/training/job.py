@@ -28,7 +28,7 @@ from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.files import write_json, write_jsonl
 from rlaif.plumbing.manifest import build_manifest
 from rlaif.plumbing.models import EMBEDDED_ALIAS, ResolvedModel
-from rlaif.plumbing.options import option
+from rlaif.plumbing.options import option, seed_option
 from rlaif.plumbing.outputs import OutputGuard, folder_files, guard_output, resume_or_refuse
 from rlaif.training.fused_lm_head import fitted_to_cpu
 
@@ -73,7 +73,7 @@ class TrainingSettings:
     num_processes: int = option(
         1, help="Data-parallel processes (runs itself under torch.distributed)."
     )
-    seed: int = option(0, help="Seed for data order, initialisation and sampling.")
+    seed: int = seed_option("Seed for data order, initialisation and sampling.")
     force: bool = option(
         False, help="Discard an interrupted run with other settings.", flags=("--force",)
     )
@@ -87,6 +87,15 @@ class TrainingSettings:
             raise UserError(
                 "--batch-size and --gradient-accumulation-steps >= 1, --max-length >= 8"
             )
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise UserError(
+                f"--max-steps {self.max_steps}: at least 1 (or -1: train for --epochs); 0 would"
+                " publish the starting model as trained"
+            )
+        if self.max_steps == -1 and self.epochs <= 0:
+            raise UserError(f"--epochs {self.epochs}: must be > 0")
+        if self.output_dir == "-":
+            raise UserError("-o/--output-dir -: a model is a folder; give a folder path")
         if self.learning_rate <= 0:
             raise UserError(f"--learning-rate {self.learning_rate}: must be > 0")
         if self.num_processes < 1:

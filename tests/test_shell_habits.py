@@ -1,0 +1,255 @@
+"""What a shell or a Makefile does to a command that the in-process table (test_bad_inputs.py)
+cannot: closed standard streams, signals, a full disk, a lock left by a killed run, and files
+compressed or edited by hand. Each runs the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DATA, rlaif_cmd
+
+PROMPTS = b'{"id": "a", "prompt": "Hi?"}\n{"id": "b", "prompt": "Bye?"}\n'
+
+
+def run(shell_prefix: str, *args: str, cwd: Path, timeout: float = 120):
+    """`rlaif ARGS` after a shell redirection such as `exec 0<&-`."""
+    command = " ".join(f"'{a}'" for a in rlaif_cmd(*args))
+    return subprocess.run(
+        ["bash", "-c", f"{shell_prefix}; exec {command}"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_error_line(result, code: int = 2) -> str:
+    assert result.returncode == code, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "args", "expect"),
+    [
+        ("exec 0<&-", ["generate", "-", "-o", "out.jsonl"], "-: standard input is closed"),
+        ("exec 0<&-", ["label", "-", "-o", "out.jsonl"], "-: standard input is closed"),
+        ("exec 0<&-", ["show", "-"], "-: standard input is closed"),
+        (
+            "exec 1>&-",
+            ["generate", "p.jsonl", "-o", "-"],
+            "-o/--output -: standard output is closed",
+        ),
+        ("exec 1>&-", ["sample", "p.jsonl", "-o", "-"], "-o/--output -: standard output is closed"),
+    ],
+    ids=["generate-stdin", "label-stdin", "show-stdin", "generate-stdout", "sample-stdout"],
+)
+def test_a_closed_standard_stream_is_one_line(tmp_path, prefix, args, expect):
+    (tmp_path / "p.jsonl").write_bytes(PROMPTS)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert expect in one_error_line(run(prefix, *args, cwd=tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_version():
+    result = subprocess.run(rlaif_cmd("--version"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("rlaif ")
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.8])
+def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path, delay):
+    """During imports (the first second) as well as later: no traceback at any moment."""
+    (tmp_path / "p.jsonl").write_bytes(PROMPTS)
+    proc = subprocess.Popen(
+        rlaif_cmd("generate", "p.jsonl", "-o", "out.jsonl", "--engine", "hf"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("finished before the signal")  # not on this machine: it takes seconds
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: ")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_is_handled_as_ctrl_c_and_the_rerun_resumes(tmp_path):
+    """SIGTERM once a chunk is saved: exit 143, one line, no temporary file left; the rerun
+    resumes and writes the rows an undisturbed run writes."""
+    prompts = "".join(
+        json.dumps({"id": f"p{i}", "prompt": f"Name a colour, {i}."}) + "\n" for i in range(6)
+    )
+    (tmp_path / "p.jsonl").write_text(prompts)
+    args = ["sample", "p.jsonl", "-o", "out.jsonl", "--engine", "hf", "--chunk-size", "2",
+            "--n", "2", "--max-new-tokens", "8"]  # fmt: skip
+    proc = subprocess.Popen(rlaif_cmd(*args), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "out.jsonl.partial.jsonl"
+    deadline = time.time() + 300
+    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert not list(tmp_path.glob(".*tmp-*")) and not (tmp_path / "out.jsonl").exists()
+    resumed = subprocess.run(rlaif_cmd(*args), cwd=tmp_path, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming" in resumed.stderr, resumed.stderr[-2000:]
+    whole = subprocess.run(
+        rlaif_cmd(*[a if a != "out.jsonl" else "whole.jsonl" for a in args]),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert not (tmp_path / ".out.jsonl.lock").exists()
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block_a_rerun(tmp_path, monkeypatch):
+    (tmp_path / "in.jsonl").write_bytes(PROMPTS)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "from rlaif.plumbing.outputs import lock_output as l;"
+         " l('out.jsonl', '-o'); print('held', flush=True); import time; time.sleep(60)"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdout.readline() == b"held\n"
+    refused = run("true", "generate", "in.jsonl", "-o", "out.jsonl", "--engine", "hf", cwd=tmp_path)
+    assert "another rlaif run" in one_error_line(refused)
+    holder.kill()
+    holder.wait()
+    assert (tmp_path / ".out.jsonl.lock").exists()  # left behind by SIGKILL
+    from rlaif.plumbing.outputs import lock_output, release_output_locks
+
+    monkeypatch.chdir(tmp_path)
+    lock_output("out.jsonl", "-o")  # taken at once: the kernel dropped the killed run's lock
+    release_output_locks()
+    assert not (tmp_path / ".out.jsonl.lock").exists()
+
+
+def test_gzip_input_reads_as_the_plain_file(tmp_path):
+    plain = DATA / "xstest-prompts-8.jsonl"
+    (tmp_path / "in.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    from rlaif.plumbing.files import read_jsonl
+
+    rows, sha = read_jsonl(str(tmp_path / "in.jsonl.gz"))
+    assert rows == read_jsonl(str(plain))[0]
+    assert sha == read_jsonl(str(plain))[1]  # the records read, however they were stored
+
+
+def test_a_full_disk_leaves_neither_output_nor_manifest(tmp_path):
+    """On a 64 KiB tmpfs (needs root to mount; skipped elsewhere)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        from rlaif.plumbing.errors import UserError
+        from rlaif.plumbing.files import manifest_path, write_with_manifest
+
+        out = disk / "out.jsonl"
+        rows = [{"id": str(i), "text": "x" * 1000} for i in range(200)]  # 200 kB
+        with pytest.raises(UserError, match=r"out\.jsonl: No space left on device while writing"):
+            write_with_manifest(str(out), rows, manifest_path(str(out)), {"stage": "t"})
+        assert list(disk.iterdir()) == []  # no output, no manifest, no temporary file
+        write_with_manifest(str(out), rows[:5], manifest_path(str(out)), {"stage": "t"})
+        manifest = json.loads(manifest_path(str(out)).read_text())
+        assert manifest["output"]["size"] == out.stat().st_size
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_an_output_edited_by_hand_is_refused_then_made_again_with_force(tmp_path):
+    (tmp_path / "p.jsonl").write_bytes(PROMPTS)
+    args = ["sample", "p.jsonl", "-o", "out.jsonl", "--engine", "hf", "--max-new-tokens", "4"]
+    first = subprocess.run(rlaif_cmd(*args), cwd=tmp_path, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = subprocess.run(rlaif_cmd(*args), cwd=tmp_path, capture_output=True, text=True)
+    assert "up to date" in again.stderr
+    out = tmp_path / "out.jsonl"
+    written = out.read_bytes()
+    out.write_bytes(written.splitlines(keepends=True)[0])  # one row removed by hand
+    edited = run("true", *args, cwd=tmp_path)
+    assert "out.jsonl: changed since rlaif wrote it" in one_error_line(edited)
+    assert out.read_bytes() == written.splitlines(keepends=True)[0]  # untouched
+    forced = subprocess.run(
+        rlaif_cmd(*args, "--force"), cwd=tmp_path, capture_output=True, text=True
+    )
+    assert forced.returncode == 0 and out.read_bytes() == written
+
+
+def test_standard_output_appended_to_the_input_is_refused(tmp_path):
+    """`rlaif generate in.jsonl -o - >> in.jsonl`: refused, as GNU cat refuses `cat f >> f`."""
+    (tmp_path / "p.jsonl").write_bytes(PROMPTS)
+    result = run("exec 1>>p.jsonl", "generate", "p.jsonl", "-o", "-", cwd=tmp_path)
+    assert "standard output is the input p.jsonl" in one_error_line(result)
+    assert (tmp_path / "p.jsonl").read_bytes() == PROMPTS
+
+
+def test_parquet_and_datasets_folders_read_as_the_jsonl_they_hold(tmp_path):
+    """As TRL users keep preference data: parquet, and `datasets` folders (save_to_disk, one
+    dataset or a DatasetDict's train split). Rows are numbered from 1, as lines are."""
+    import datasets
+
+    from rlaif.plumbing.files import read_jsonl
+
+    plain = read_jsonl(str(DATA / "xstest-prompts-8.jsonl"))[0]
+    data = datasets.Dataset.from_list([row for _, row in plain])
+    data.to_parquet(str(tmp_path / "p.parquet"))
+    data.save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"train": data}).save_to_disk(str(tmp_path / "dict"))
+    read = [read_jsonl(str(tmp_path / name)) for name in ("p.parquet", "one", "dict")]
+    assert all(rows == plain for rows, _ in read)
+    assert len({sha for _, sha in read}) == 1  # the same rows, however they were stored
+
+
+def test_a_stage_runs_on_a_parquet_file(tmp_path):
+    """`eval agreement` (no model) on label rows kept as parquet: the same card as from JSONL."""
+    import datasets
+
+    rows = []
+    for i in range(12):
+        p = [0.9, 0.7, 0.4, 0.2][i % 4]
+        rows.append(
+            {
+                "id": f"r{i}",
+                "prompt": [{"role": "user", "content": f"Question {i}?"}],
+                "responses": ["yes", "no"],
+                "p_chosen": p,
+                "p": p,
+                "judgements": [{"principle_id": "x", "p_ab": p, "p_ba": p, "p": p}],
+                "reference": i % 2,
+            }
+        )
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "labels.parquet"))
+    cards = [
+        subprocess.run(
+            rlaif_cmd("eval", "agreement", str(path)), capture_output=True, text=True, timeout=120
+        )
+        for path in (labels, tmp_path / "labels.parquet")
+    ]
+    assert all(c.returncode == 0 for c in cards), [c.stderr[-2000:] for c in cards]
+    assert "agreement" in cards[0].stdout
+    assert cards[0].stdout.replace(str(labels), "X") == cards[1].stdout.replace(
+        str(tmp_path / "labels.parquet"), "X"
+    )
