@@ -65,7 +65,7 @@ def test_version():
     assert result.returncode == 0 and result.stdout.startswith("rlaif ")
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.3, 0.8])
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.8, 1.1])
 def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path, delay):
     """During imports (the first second) as well as later: no traceback at any moment."""
     (tmp_path / "p.jsonl").write_bytes(PROMPTS)

@@ -92,6 +92,11 @@ def _on_signal(signum, frame):
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+def interrupted_by_signal() -> bool:
+    """Whether the last command ended because of SIGINT or SIGTERM."""
+    return bool(_SIGNALLED)
+
+
 def _interrupted(main_thread: bool):
     code = 143 if signal.SIGTERM in _SIGNALLED else 130
     if main_thread:  # stopping now: a second signal changes nothing
