@@ -132,6 +132,21 @@ class ModelsByUse:
         self._loaded.clear()
 
 
+class LocalModelEngine:
+    """What an engine holding its model here (vLLM, transformers) reports of it, from its
+    `models` (a ModelsByUse): the dtype each use ran in, and the seconds spent loading."""
+
+    models: ModelsByUse
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        return dict(self.models.used)
+
+    @property
+    def load_s(self) -> float:
+        return self.models.load_s
+
+
 def render_prompt_ids(tokenizer, chat: Chat, answer_prefix: str = "") -> list[int]:
     """Token ids of `chat` followed by the assistant turn's opening (and `answer_prefix`)."""
     text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)

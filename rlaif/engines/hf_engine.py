@@ -9,7 +9,7 @@ from rlaif.engines import base
 from rlaif.engines.base import Chat, Completion, OnDone, OptionScores, Sampling
 
 
-class HFEngine:
+class HFEngine(base.LocalModelEngine):
     name = "hf"
 
     def __init__(self, model_path: str, settings):
@@ -45,14 +45,6 @@ class HFEngine:
         ).to(self.device)
         model.eval()
         return model, dtype_name
-
-    @property
-    def dtypes(self) -> dict[str, str]:
-        return dict(self.models.used)
-
-    @property
-    def load_s(self) -> float:
-        return self.models.load_s
 
     def _batches(self, prompts: list[list[int]]):
         """Indices grouped into batches of similar length, so little compute goes to padding."""

@@ -20,7 +20,7 @@ def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-class VLLMEngine:
+class VLLMEngine(base.LocalModelEngine):
     name = "vllm"
 
     def __init__(self, model_path: str, settings, seed: int = 0, share: float = 1.0):
@@ -79,14 +79,6 @@ class VLLMEngine:
         # "auto" (a GPU): the dtype vLLM chose, for the manifest
         config = getattr(llm.llm_engine, "model_config", None)
         return llm, str(getattr(config, "dtype", dtype)).replace("torch.", "")
-
-    @property
-    def dtypes(self) -> dict[str, str]:
-        return dict(self.models.used)
-
-    @property
-    def load_s(self) -> float:
-        return self.models.load_s
 
     def generate(
         self,
