@@ -231,14 +231,15 @@ def atomic_output(path: str | Path, mode: str = "w") -> Iterator[IO]:
         if e.filename is not None:
             raise
         # a write error (a full disk) names no file: name the output, and what is left
-        raise at(
-            str(path),
-            None,
-            f"{e.strerror or e} while writing it; nothing was written"
-            f" ({_free_space(target.parent)})",
-        ) from None
+        raise _write_error(str(path), e) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_error(path: str, e: OSError):
+    """A write error that names no file (a full disk): the output named, and the space left."""
+    free = _free_space(Path(path).parent)
+    return at(path, None, f"{e.strerror or e} while writing it; nothing was written ({free})")
 
 
 def _free_space(folder: Path) -> str:
@@ -290,12 +291,7 @@ def write_with_manifest(path: str, rows: Iterable[dict], manifest_file: Path, ma
     except OSError as e:
         if e.filename is not None:
             raise
-        raise at(
-            path,
-            None,
-            f"{e.strerror or e} while writing it; nothing was written"
-            f" ({_free_space(target.parent)})",
-        ) from None
+        raise _write_error(path, e) from None
     finally:
         for p in staged:
             p.unlink(missing_ok=True)
