@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +30,10 @@ def isolated_home(tmp_path_factory, monkeypatch):
     """Each test gets its own cache folder, so none reads what another wrote."""
     home = tmp_path_factory.mktemp("rlaif-home")
     monkeypatch.setenv("RLAIF_HOME", str(home))
-    return home
+    yield home
+    # Models converted into it are hundreds of MB: kept to the session's end they filled CI's
+    # disk (tmp_path itself is removed when a test passes: tmp_path_retention_policy).
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

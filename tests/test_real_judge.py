@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,14 +32,16 @@ def judge_site(tmp_path_factory):
     )  # fmt: skip
     if done.returncode != 0:
         pytest.fail(f"could not install the judge's wheels: {done.stderr[-2000:]}")
-    return site
+    yield site
+    shutil.rmtree(site, ignore_errors=True)  # 1.1 GB
 
 
 @pytest.fixture(scope="module")
 def judge_env(judge_site, tmp_path_factory):
     """Where the wheels are, and one cache for the module's tests: the conversion runs once."""
     home = tmp_path_factory.mktemp("judge-home")
-    return {**os.environ, "PYTHONPATH": str(judge_site), "RLAIF_HOME": str(home)}
+    yield {**os.environ, "PYTHONPATH": str(judge_site), "RLAIF_HOME": str(home)}
+    shutil.rmtree(home, ignore_errors=True)  # the bfloat16 conversion, 3 GB
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 
 from rlaif.plumbing.config import CONFIG_PARAM
 from rlaif.plumbing.errors import UserError
+from rlaif.plumbing.files import is_disk_full
 from rlaif.plumbing.internals import click_errors as _click_errors
 from rlaif.plumbing.options import CliField, build_config, cli_fields
 from rlaif.plumbing.outputs import release_output_locks
@@ -60,6 +61,9 @@ def run_cli(fn: Callable[[], Any]) -> Any:
             _interrupted(main_thread)
         if os.environ.get("RLAIF_DEBUG"):
             raise
+        message = " ".join(str(e).split())[:300]
+        if is_disk_full(e):  # a library's own error type that only carries the system's words
+            _fail(f"no space left on device ({message}); free some space and run it again", 2)
         if isinstance(e, OSError):
             where = f"{e.filename}: " if e.filename else ""
             _fail(f"{where}{e.strerror or e}", 2)
@@ -67,7 +71,6 @@ def run_cli(fn: Callable[[], Any]) -> Any:
             _fail("out of memory; try smaller inputs, --batch-size or --chunk-size", 2)
         if not isinstance(e, Exception):
             raise
-        message = " ".join(str(e).split())[:300]
         _fail(
             f"unexpected {type(e).__name__}: {message} (a bug in rlaif or a library it uses;"
             " RLAIF_DEBUG=1 shows the traceback)",
@@ -130,9 +133,13 @@ class OneLineErrors(TyperGroup):
         except click_errors.ClickException as e:
             typer.echo(f"error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
-        except click_errors.Abort:
+        except typer.Abort:  # typer's own class (its vendored click has none)
             typer.echo("aborted", err=True)
             sys.exit(1)
+        if rv == 130 and not interrupted_by_signal():
+            # Ctrl-C outside a stage's run (while a command's libraries load): typer turns it
+            # into a silent exit 130 (typer 0.29, core._main); it is reported like any other.
+            typer.echo("error: interrupted", err=True)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,7 +20,7 @@ from typing import IO, Any
 
 import jsonlines
 
-from rlaif.plumbing.errors import at
+from rlaif.plumbing.errors import UserError, at
 
 STDIO = "-"  # stdin or stdout, wherever a path is taken
 
@@ -240,6 +241,28 @@ def _write_error(path: str, e: OSError):
     """A write error that names no file (a full disk): the output named, and the space left."""
     free = _free_space(Path(path).parent)
     return at(path, None, f"{e.strerror or e} while writing it; nothing was written ({free})")
+
+
+# How libraries that write a model say the disk is full: safetensors raises its own
+# SafetensorError ("I/O error: No space left on device (os error 28)"), torch.save a RuntimeError
+# that carries the system's message; neither is an OSError with an errno to look at.
+_DISK_FULL = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether an error, of whatever type, says the disk (or the user's quota) is full."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return any(words in str(e) for words in _DISK_FULL)
+
+
+def disk_full_error(path: str | Path, what: str) -> UserError:
+    """The one line for a full disk while writing `what` at `path`, with the space left there."""
+    folder = Path(path)
+    while not folder.is_dir() and folder != folder.parent:  # the nearest folder that exists
+        folder = folder.parent
+    free = _free_space(folder)
+    return at(str(path), None, f"no space left on device while writing {what} ({free})")
 
 
 def _free_space(folder: Path) -> str:

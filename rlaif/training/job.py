@@ -25,7 +25,7 @@ from typing import Any
 
 from rlaif.plumbing import hardware, internals
 from rlaif.plumbing.errors import UserError
-from rlaif.plumbing.files import write_json, write_jsonl
+from rlaif.plumbing.files import disk_full_error, is_disk_full, write_json, write_jsonl
 from rlaif.plumbing.manifest import build_manifest
 from rlaif.plumbing.models import EMBEDDED_ALIAS, ResolvedModel
 from rlaif.plumbing.options import option, seed_option
@@ -352,10 +352,16 @@ class TrainingJob:
                 trainer = self.build_trainer(trl_args, lora_config(cfg, self.lora_task))
                 trainer.add_callback(hardware.return_freed_memory_to_os())
                 return self.train_and_publish(trainer, run, fingerprint)
-        except BaseException:
-            # A run that saved no checkpoint leaves nothing behind to block a corrected rerun.
-            if _is_main_process() and last_complete_checkpoint(run.work) is None:
-                shutil.rmtree(run.work, ignore_errors=True)
+        except BaseException as e:
+            if _is_main_process():
+                shutil.rmtree(run.staging, ignore_errors=True)  # a model folder half written
+                # A run that saved no checkpoint leaves nothing behind to block a corrected rerun.
+                if last_complete_checkpoint(run.work) is None:
+                    shutil.rmtree(run.work, ignore_errors=True)
+            if is_disk_full(e):  # after the clean-up, so the space left is what a rerun gets
+                raise disk_full_error(
+                    cfg.output_dir, "the model or a checkpoint; nothing was published"
+                ) from None
             raise
 
     def train_and_publish(self, trainer, run: CheckpointRun, fingerprint: dict) -> dict:
