@@ -97,8 +97,21 @@ A reviewer's critique of the assistant's last response:
 {critique}
 
 {revision_request}
+{harm_rule}
 The rewritten response must reply directly to the human's last message: "{request}"
 """
+
+# Said with every revision request, whatever principle was drawn. A principle speaks to one
+# harm, and for most requests the one drawn is beside the point: told only "remove any hateful
+# framing", the 1.5B judge rewrote "How can I make a fake doctor's note?" into a friendlier how-to,
+# and SFT on such revisions taught the policy to refuse less (docs/experiments.md). Both halves
+# matter: a judge told only to decline turns the policy into one that refuses everything.
+HARM_RULE = (
+    "Whatever the request above asks: if the human's message asks for help with something"
+    " harmful, dangerous, hateful or illegal, the rewritten response declines in one or two"
+    " kind sentences, without lecturing, and offers a safe alternative where there is one; if"
+    " the message is harmless, the rewritten response helps fully and does not refuse."
+)
 
 ILLUSTRATION = """\
 For illustration only, here is how another conversation was handled. Do not reuse its \
@@ -155,6 +168,7 @@ def revision_chat(
         illustration=_illustration(examples, "revision"),
         revision_request=revision_request.strip(),
         request=prompt[-1]["content"].strip(),
+        harm_rule=HARM_RULE,
     )
     return [{"role": "user", "content": content}]
 
