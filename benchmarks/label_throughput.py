@@ -12,6 +12,11 @@ Prints one line per measurement, then the ratios. Targets: (a) ≥ 5× (c) in pa
 (a) ≥ 60% of (d) in tokens/s.
 
 Usage: python benchmarks/label_throughput.py [PAIRS.jsonl] [--pairs 100] [--verdict-tokens 64]
+           [--model qwen2.5-coder-1.5b-instruct --only-vllm]
+
+`--model`: another judge (an alias or a folder); the issue's target for the 1.5B judge is
+(a) >= 50% of (d). `--only-vllm`: measure (a) and (d) alone; with a 1.5B judge the
+transformers and generate-and-parse baselines take many minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ def main() -> None:
     )
     parser.add_argument("--pairs", dest="n_pairs", type=int, default=100)
     parser.add_argument("--verdict-tokens", type=int, default=64)
+    parser.add_argument("--model", default=None, help="the judge (default: the embedded model)")
+    parser.add_argument("--only-vllm", action="store_true", help="only (a) and (d)")
     args = parser.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # keep the measurement lines readable
 
@@ -96,9 +103,10 @@ def main() -> None:
     rows, _ = read_jsonl(args.pairs)
     records = parse_pair_records(args.pairs, rows)[: args.n_pairs]
     constitution = load_constitution(resolve_constitution_path("harmless"))
-    model = resolve_model(EMBEDDED_ALIAS).path
+    judge = args.model or EMBEDDED_ALIAS
+    model = resolve_model(judge).path
     print(
-        f"{len(records)} pairs from {args.pairs}; judge {EMBEDDED_ALIAS}; "
+        f"{len(records)} pairs from {args.pairs}; judge {judge}; "
         f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
     )
 
@@ -115,6 +123,12 @@ def main() -> None:
     )
 
     probabilities = JudgingSettings()
+    if args.only_vllm:
+        vllm = make_engine(model, EngineSettings(engine="vllm"))
+        a = measure("(a) rlaif label on vLLM", vllm, records, probabilities, constitution)
+        vllm.close()
+        print(f"ratio (a)/(d) tokens/s:       {a['tokens_per_s'] / limit:6.2%}")
+        return
     generate_verdict = JudgingSettings(method="generate", max_new_tokens=args.verdict_tokens)
     hf = make_engine(model, EngineSettings(engine="hf"))
     b = measure("(b) rlaif label on transformers", hf, records, probabilities, constitution)

@@ -28,6 +28,10 @@ def test_each_request_is_one_turn_quoting_the_conversation_after_the_illustratio
         and EXAMPLE.revision not in critique[0]["content"]
     )
     assert EXAMPLE.revision in revision[0]["content"] and "Too vague." in revision[0]["content"]
+    # whatever principle was drawn, the revision is told both halves: decline harm, help otherwise
+    assert prompts.HARM_RULE in revision[0]["content"]
+    assert prompts.HARM_RULE not in critique[0]["content"]
+    assert "declines" in prompts.HARM_RULE and "does not refuse" in prompts.HARM_RULE
     assert (
         revision[0]["content"].rstrip().endswith('last message: "What\'s in the news these days?"')
     )

@@ -249,6 +249,55 @@ def test_parquet_and_datasets_folders_read_as_the_jsonl_they_hold(tmp_path):
     assert len({sha for _, sha in read}) == 1  # the same rows, however they were stored
 
 
+def test_the_split_of_a_datasets_folder_is_chosen_as_trl_names_the_option(tmp_path):
+    """`--dataset-train-split`, as TRL's scripts call it: any split of a DatasetDict folder; a
+    split that is not there is one line naming the folder and the splits it has."""
+    import datasets
+
+    from rlaif.plumbing.files import DatasetSettings, read_jsonl
+
+    plain = read_jsonl(str(DATA / "xstest-prompts-8.jsonl"))[0]
+    rows = [row for _, row in plain]
+    folder = tmp_path / "dict"
+    splits = {"train": rows[:5], "test": rows[5:]}
+    datasets.DatasetDict(
+        {k: datasets.Dataset.from_list(v) for k, v in splits.items()}
+    ).save_to_disk(str(folder))
+    test = read_jsonl(str(folder), DatasetSettings(dataset_train_split="test"))[0]
+    assert [row for _, row in test] == rows[5:]
+    assert [row for _, row in read_jsonl(str(folder))[0]] == rows[:5]
+    args = ["sample", str(folder), "-o", "out.jsonl", "--dataset-train-split", "validation"]
+    error = one_error_line(run("true", *args, cwd=tmp_path))
+    assert f"{folder}: no 'validation' split (splits: train, test)" in error
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_hub_dataset_is_read_with_trls_config_and_split_names(monkeypatch):
+    """What reaches `datasets.load_dataset` (no network here: the call is recorded, not made;
+    reading the hub for real is not tested offline)."""
+    import datasets
+
+    from rlaif.plumbing import files
+
+    calls = []
+
+    def load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list([{"id": "a", "prompt": "Hi?"}])
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # no reachability check
+    settings = files.DatasetSettings(dataset_config="default", dataset_train_split="test")
+    files.read_jsonl("hf:trl-lib/ultrafeedback_binarized", settings)
+    files.read_jsonl("hf:trl-lib/ultrafeedback_binarized:validation", settings)
+    files.read_jsonl("hf:trl-lib/ultrafeedback_binarized")
+    assert calls == [
+        ("trl-lib/ultrafeedback_binarized", "default", "test"),
+        ("trl-lib/ultrafeedback_binarized", "default", "validation"),  # the reference's own
+        ("trl-lib/ultrafeedback_binarized", None, "train"),
+    ]
+
+
 def test_a_stage_runs_on_a_parquet_file(tmp_path):
     """`eval agreement` (no model) on label rows kept as parquet: the same card as from JSONL."""
     import datasets

@@ -15,12 +15,14 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import jsonlines
 
 from rlaif.plumbing.errors import UserError, at
+from rlaif.plumbing.options import option
 
 STDIO = "-"  # stdin or stdout, wherever a path is taken
 
@@ -101,11 +103,29 @@ def _is_text(obj: Any) -> bool:
     return True
 
 
-def read_jsonl(path: str) -> tuple[list[tuple[int, dict]], str]:
+@dataclass(kw_only=True)
+class DatasetSettings:
+    """Which part of a dataset input to read (a hub dataset, or a `datasets` folder holding
+    several splits), with the names TRL's command lines give these options."""
+
+    dataset_config: str | None = option(
+        None, help="The hub dataset's configuration (subset), as `load_dataset`'s name."
+    )
+    dataset_train_split: str = option(
+        "train",
+        help="The split of a hub dataset (unless `hf:NAME:SPLIT` names one) or of a datasets"
+        " folder to read.",
+    )
+
+
+def read_jsonl(
+    path: str, dataset: DatasetSettings | None = None
+) -> tuple[list[tuple[int, dict]], str]:
     """Records with their line numbers, and the sha256 of the input's bytes. Besides JSONL
-    (plain or .gz): a parquet file, a `datasets` folder, or a hub dataset (`is_dataset`)."""
+    (plain or .gz): a parquet file, a `datasets` folder, or a hub dataset (`is_dataset`),
+    the split and configuration `dataset` says."""
     if is_dataset(path):
-        return read_dataset(path)
+        return read_dataset(path, dataset or DatasetSettings())
     data = read_input_bytes(path)
     return parse_jsonl(path, data), sha256_bytes(data)
 
@@ -122,16 +142,20 @@ def is_dataset(path: str) -> bool:
     return path.startswith(HUB_DATASET) or path.endswith(".parquet") or saved
 
 
-def read_dataset(path: str) -> tuple[list[tuple[int, dict]], str]:
+def read_dataset(
+    path: str, settings: DatasetSettings | None = None
+) -> tuple[list[tuple[int, dict]], str]:
     """The rows of a dataset, numbered from 1 as lines are (errors name `FILE:ROW`). The hash
     is that of the rows as JSON lines, so it identifies what was read, wherever it came from."""
     import datasets
 
+    settings = settings or DatasetSettings()
+    wanted = settings.dataset_train_split
     try:
         if path.startswith(HUB_DATASET):
             name, _, split = path[len(HUB_DATASET) :].partition(":")
             _check_hub_reachable(path)
-            data = datasets.load_dataset(name, split=split or "train")
+            data = datasets.load_dataset(name, settings.dataset_config, split=split or wanted)
         elif path.endswith(".parquet"):
             if not Path(path).is_file():
                 raise at(path, None, "no such file")
@@ -142,9 +166,14 @@ def read_dataset(path: str) -> tuple[list[tuple[int, dict]], str]:
         else:
             data = datasets.load_from_disk(path)
             if isinstance(data, datasets.DatasetDict):
-                if "train" not in data:
-                    raise at(path, None, f"no 'train' split (splits: {', '.join(data)})")
-                data = data["train"]
+                if wanted not in data:
+                    raise at(
+                        path,
+                        None,
+                        f"no {wanted!r} split (splits: {', '.join(data)});"
+                        " choose one with --dataset-train-split",
+                    )
+                data = data[wanted]
     except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
         message = " ".join(str(e).split())[:200]
         raise at(

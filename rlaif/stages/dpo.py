@@ -154,7 +154,7 @@ def training_rows(rows: list[dict], cfg: DPOConfig) -> tuple[list[dict], int]:
 def run(cfg: DPOConfig) -> dict:
     started = time.time()
     guard = cfg.guard_output(cfg.prefs, cfg.ref_model)
-    raw, input_sha = read_jsonl(cfg.prefs)
+    raw, input_sha = read_jsonl(cfg.prefs, cfg.dataset)
     rows, dropped_low_confidence = training_rows(preference_rows(cfg.prefs, raw), cfg)
     if not rows:
         raise UserError(f"{cfg.prefs}: no usable pairs to train on")

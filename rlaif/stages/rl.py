@@ -209,7 +209,7 @@ def run(cfg: RLConfig) -> dict:
     started = time.time()
     guard = cfg.guard_output(cfg.prompts, cfg.reward)
     check_vllm_rollouts_possible(cfg)
-    raw, input_sha = read_jsonl(cfg.prompts)
+    raw, input_sha = read_jsonl(cfg.prompts, cfg.dataset)
     records = parse_prompt_records(cfg.prompts, raw)
     if not records:
         raise UserError(f"{cfg.prompts}: no prompts")

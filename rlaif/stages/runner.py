@@ -27,7 +27,14 @@ from pathlib import Path
 
 from rlaif.engines import EngineSettings, result_settings
 from rlaif.plumbing.errors import UserError
-from rlaif.plumbing.files import STDIO, manifest_path, read_jsonl, write_jsonl, write_with_manifest
+from rlaif.plumbing.files import (
+    STDIO,
+    DatasetSettings,
+    manifest_path,
+    read_jsonl,
+    write_jsonl,
+    write_with_manifest,
+)
 from rlaif.plumbing.manifest import build_manifest
 from rlaif.plumbing.options import group, option, output_option, seed_option
 from rlaif.plumbing.outputs import PartialRun, guard_output
@@ -45,6 +52,7 @@ class RunSettings:
     # requests finish); also the resume granularity
     chunk_size: int = option(256, help="Records processed together and saved per step of progress.")
     engine: EngineSettings = group(EngineSettings)
+    dataset: DatasetSettings = group(DatasetSettings)
 
     def __post_init__(self):
         if self.chunk_size < 1:
@@ -225,7 +233,7 @@ class RecordStage:
     def _read_inputs(self) -> None:
         self.inputs: dict[str, ReadInput] = {}
         for given in [self.input, *self._more_inputs]:
-            rows, sha = read_jsonl(given.path)
+            rows, sha = read_jsonl(given.path, self.cfg.dataset)
             self.inputs[given.option] = ReadInput(given.parse(given.path, rows), sha)
         self.parsed = self.inputs[self.input.option].records  # the whole input
         self.shard = getattr(self.cfg, "shard", None)

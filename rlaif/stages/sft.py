@@ -76,7 +76,7 @@ def conversation_lengths(rows: list[dict], tokenizer) -> list[int]:
 def run(cfg: SFTConfig) -> dict:
     started = time.time()
     guard = cfg.guard_output(cfg.data)
-    raw, input_sha = read_jsonl(cfg.data)
+    raw, input_sha = read_jsonl(cfg.data, cfg.dataset)
     rows = prompt_completion_rows(cfg.data, raw)
     if not rows:
         raise UserError(f"{cfg.data}: no conversations to train on")

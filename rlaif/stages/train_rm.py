@@ -156,7 +156,7 @@ def _to_dataset(rows: list[dict], lengths: list[int], soft: bool):
 def run(cfg: TrainRMConfig) -> dict:
     started = time.time()
     guard = cfg.guard_output(cfg.prefs)
-    raw, input_sha = read_jsonl(cfg.prefs)
+    raw, input_sha = read_jsonl(cfg.prefs, cfg.dataset)
     rows, dropped_low_confidence = cfg.rows_to_train(preference_rows(cfg.prefs, raw))
     if len(rows) < 2:
         raise UserError(f"{cfg.prefs}: {len(rows)} usable pairs; need at least 2 to train")

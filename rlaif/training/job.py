@@ -25,10 +25,16 @@ from typing import Any
 
 from rlaif.plumbing import hardware, internals
 from rlaif.plumbing.errors import UserError
-from rlaif.plumbing.files import disk_full_error, is_disk_full, write_json, write_jsonl
+from rlaif.plumbing.files import (
+    DatasetSettings,
+    disk_full_error,
+    is_disk_full,
+    write_json,
+    write_jsonl,
+)
 from rlaif.plumbing.manifest import build_manifest
 from rlaif.plumbing.models import EMBEDDED_ALIAS, ResolvedModel
-from rlaif.plumbing.options import option, seed_option
+from rlaif.plumbing.options import group, option, seed_option
 from rlaif.plumbing.outputs import OutputGuard, folder_files, guard_output, resume_or_refuse
 from rlaif.training.fused_lm_head import fitted_to_cpu
 
@@ -74,6 +80,7 @@ class TrainingSettings:
         1, help="Data-parallel processes (runs itself under torch.distributed)."
     )
     seed: int = seed_option("Seed for data order, initialisation and sampling.")
+    dataset: DatasetSettings = group(DatasetSettings)
     force: bool = option(
         False, help="Discard an interrupted run with other settings.", flags=("--force",)
     )
