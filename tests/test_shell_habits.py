@@ -205,6 +205,32 @@ def test_a_model_that_does_not_fit_on_the_disk_is_one_line_and_leaves_nothing(
 
 
 @pytest.mark.slow
+def test_sigterm_while_a_model_is_published_leaves_nothing_and_the_rerun_publishes(
+    tmp_path, home_with_model
+):
+    """SIGTERM once the trained model is being written into OUT.partial/final: exit 143, one
+    line, no model folder, no half-written one; the rerun resumes from the checkpoint."""
+    out = tmp_path / "rm"
+    args = rlaif_cmd("train-rm", str(DATA / "hh-harmless-64.jsonl"), "-o", str(out),
+                     "--eval-fraction", "0", "--max-steps", "2", "--save-steps", "2",
+                     "--batch-size", "2", "--max-length", "128")  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    staging = tmp_path / "rm.partial" / "final"
+    deadline = time.time() + 600
+    while not staging.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "published before the signal could be sent"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert not out.exists() and not staging.exists() and not list(tmp_path.glob(".rm*"))
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and "resuming" in rerun.stderr, rerun.stderr[-2000:]
+    assert (out / "manifest.json").is_file() and not (tmp_path / "rm.partial").exists()
+
+
+@pytest.mark.slow
 def test_an_output_edited_by_hand_is_refused_then_made_again_with_force(tmp_path):
     (tmp_path / "p.jsonl").write_bytes(PROMPTS)
     args = ["sample", "p.jsonl", "-o", "out.jsonl", "--engine", "hf", "--max-new-tokens", "4"]

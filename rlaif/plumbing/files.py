@@ -304,6 +304,19 @@ def _free_space(folder: Path) -> str:
     return f"{free / 2**20:,.1f} MiB free there"
 
 
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for a block of renames that must happen all or not at all;
+    a signal sent meanwhile is delivered (and handled as usual) when the block ends."""
+    import signal
+
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def write_with_manifest(path: str, rows: Iterable[dict], manifest_file: Path, manifest: dict):
     """Publish a JSONL output and its manifest together, or neither.
 
@@ -311,8 +324,6 @@ def write_with_manifest(path: str, rows: Iterable[dict], manifest_file: Path, ma
     sha256 (`file_identity`, to notice an edit by hand later). Then both are renamed into
     place with SIGINT and SIGTERM held back, so a signal cannot land between the two renames;
     a failure before them (a full disk, a signal) leaves neither, nor any temporary file."""
-    import signal
-
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = [target.with_name(f".{p.name}.tmp-{os.getpid()}") for p in (target, manifest_file)]
@@ -333,13 +344,9 @@ def write_with_manifest(path: str, rows: Iterable[dict], manifest_file: Path, ma
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        held = {signal.SIGINT, signal.SIGTERM}
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-        try:
+        with signals_held():
             os.replace(staged[0], target)
             os.replace(staged[1], manifest_file)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     except OSError as e:
         if e.filename is not None:
             raise

@@ -29,6 +29,7 @@ from rlaif.plumbing.files import (
     DatasetSettings,
     disk_full_error,
     is_disk_full,
+    signals_held,
     write_json,
     write_jsonl,
 )
@@ -428,7 +429,10 @@ class TrainingJob:
             },
         )
         write_json(staging / "manifest.json", manifest)
-        replace_dir(staging, run.output_dir)
-        shutil.rmtree(run.work, ignore_errors=True)
+        # A signal between the renames would leave no output (the old one moved aside), and one
+        # during the clean-up a stale DIR.partial: both are held back until the folder is whole.
+        with signals_held():
+            replace_dir(staging, run.output_dir)
+            shutil.rmtree(run.work, ignore_errors=True)
         print(f"step {metrics['steps']} | loss {result.training_loss:.4f}", file=sys.stderr)
         return manifest
