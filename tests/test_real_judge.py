@@ -78,8 +78,8 @@ def _words(text: str) -> set[str]:
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="open (issue 21): failed in the fresh-clone CI run of 2026-12-02; the word-overlap"
-    " proxy or the revisions themselves need work",
+    reason="open (issue 21): flaky. It failed in the full suite on 2026-12-02 and 2026-12-03 and"
+    " passed alone with --runxfail on 2026-12-03 (same commit); the cause is not found yet",
     strict=False,
 )
 def test_the_real_judges_revisions_answer_their_own_prompts(judge_env, tmp_path):
