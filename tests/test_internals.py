@@ -34,6 +34,16 @@ def test_a_library_outside_its_range_is_one_line_naming_the_range(monkeypatch):
         internals.require("trl")
 
 
+def test_typer_and_transformers_are_checked_before_their_internals_are_read(monkeypatch):
+    monkeypatch.setattr(internals.metadata, "version", lambda name: "9.0")
+    # the CLI reads typer's click at import, before its one-line error path exists
+    with pytest.raises(SystemExit, match=r"^error: typer 9\.0 is installed; .*>=0\.29,<0\.30"):
+        internals.click_errors()
+    with pytest.raises(UserError, match=r"transformers 9\.0 is installed; .*>=5\.19,<6"):
+        with internals.model_path_read_as(object(), "elsewhere"):
+            pass
+
+
 def _private_parts() -> set[str]:
     """The names that make an access private: `_click`, `_forward_tile`, `TOKEN_CHUNK_SIZE`…"""
     parts = set()

@@ -20,7 +20,11 @@ from importlib import metadata
 from rlaif.plumbing.errors import UserError
 
 # The releases whose internals were read: lowest included, highest excluded.
-SUPPORTED = {"trl": ("1.16", "1.17"), "typer": ("0.29", "0.30")}
+SUPPORTED = {
+    "trl": ("1.16", "1.17"),
+    "typer": ("0.29", "0.30"),
+    "transformers": ("5.19", "6"),
+}
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,12 @@ def require(library: str) -> None:
 
 
 def click_errors():
-    """The exceptions typer's command lines raise (`typer._click.exceptions`)."""
+    """The exceptions typer's command lines raise (`typer._click.exceptions`). Read when the
+    CLI is imported, before its one-line error path exists: outside the range, the command
+    stops with the one line itself."""
+    problem = supported_problem("typer")
+    if problem:
+        raise SystemExit(f"error: {problem}")
     from typer._click import exceptions
 
     return exceptions
@@ -210,6 +219,7 @@ def dpo_trainer_with_per_pair_smoothing(dpo_trainer_cls, smoothing_of: Callable)
 def model_path_read_as(model, path: str) -> Iterator[None]:
     """While the block builds a GRPO or RLOO trainer, the policy's config names `path`, so the
     trainer loads its reference model from there."""
+    require("transformers")
     with swapped(model.config, _name_or_path=path):
         yield
 
