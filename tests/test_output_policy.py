@@ -15,9 +15,10 @@ from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.files import partial_path, write_json
 from rlaif.plumbing.outputs import (
     PartialRun,
-    check_existing_output,
     existing_output,
+    guard_output,
     refuse_output_as_input,
+    release_output_locks,
     resume_or_refuse,
 )
 
@@ -29,6 +30,15 @@ def rlaif_output(tmp_path: Path, fingerprint: dict = FINGERPRINT) -> Path:
     out.write_text('{"id": "a"}\n')
     write_json(Path(f"{out}.manifest.json"), {"stage": "label", "fingerprint": fingerprint})
     return out
+
+
+def check_existing_output(output: str, fingerprint: dict, force: bool, **_) -> dict | None:
+    """The one guard as a stage calls it: what lies at `output`, then the settings' check."""
+    try:
+        guard = guard_output(output, inputs=[], force=force, option="-o")
+        return guard.up_to_date(fingerprint)
+    finally:
+        release_output_locks()
 
 
 def test_same_settings_and_inputs_is_up_to_date(tmp_path, capsys):
@@ -181,7 +191,7 @@ def test_every_stage_checks_its_output_through_the_one_guard():
 
     repo = Path(__file__).resolve().parent.parent
     parts = re.compile(
-        r"\b(refuse_output_as_input|existing_output|check_existing_output|check_overwrite)\("
+        r"\b(refuse_output_as_input|existing_output|check_overwrite)\("
         r"|(?<![.\w])up_to_date\("
     )
     callers = [

@@ -11,7 +11,6 @@ from importlib import metadata
 from typing import Any
 
 from rlaif.plumbing.errors import at
-from rlaif.plumbing.files import write_json
 
 TRACKED_PACKAGES = (
     "rlaif-cli",
@@ -71,10 +70,6 @@ def build_manifest(
         "wall_time_s": round(finished - started, 3),
         **(extra or {}),
     }
-
-
-def write_manifest(path, manifest: dict) -> None:
-    write_json(path, manifest)
 
 
 def read_manifest(path) -> dict:

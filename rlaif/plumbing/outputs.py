@@ -353,14 +353,6 @@ def _remove_empty(folder: Path | None) -> None:
             pass
 
 
-def check_existing_output(
-    output: str, fingerprint: dict, force: bool, *, folder: bool, option: str
-) -> dict | None:
-    """`existing_output` and `up_to_date` together, for stages with nothing heavy to avoid."""
-    manifest = existing_output(output, force, folder=folder, option=option)
-    return up_to_date(output, manifest, fingerprint, force, option)
-
-
 def _refuse_foreign_files(folder: Path, manifest: dict, option: str) -> None:
     listed = manifest.get("files")
     if not isinstance(listed, list):
