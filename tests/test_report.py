@@ -252,7 +252,7 @@ def test_without_refusal_outputs_the_section_says_so(tmp_path):
 
 
 # The models each training stage records, by role, first the one it trains (sft.py, dpo.py,
-# train_rm.py and rl.py, each in its call to `run_training`).
+# train_rm.py and rl.py, each in the `TrainingJob` it builds).
 STAGE_MODELS = {
     "sft": {"base": "smollm2-135m-instruct"},
     "dpo": {"base": "run/sft", "reference": "run/sft-ref"},

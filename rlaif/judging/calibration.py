@@ -233,7 +233,7 @@ class Calibration:
     """What `calibrate` decided, and why."""
 
     fit: PlattFit  # maximum likelihood on every reference pair
-    p_value: float  # likelihood-ratio test of a = 0, reported (no longer the gate)
+    p_value: float  # likelihood-ratio test of a = 0, reported, not the gate
     gain: tuple[float, float] | None  # held-out log-loss gain over a = 0: (mean, SE), nats/pair
     folds: int  # folds behind `gain`
     shrink: float  # `shrink_factor` of the fit

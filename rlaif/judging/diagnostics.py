@@ -154,7 +154,7 @@ def _by_length(row: dict, longer: bool) -> int | None:
 
 
 # "first"/"second" are responses[0]/[1] as stored: `rlaif label` stores each pair in a seeded
-# random order (`judging.presented_order`), so on its output both sit near 50%; on pairs kept in
+# random order (`judge.presented_order`), so on its output both sit near 50%; on pairs kept in
 # chosen-first order, "prefer first" would agree every time.
 BASELINES = {
     "prefer_first": lambda row: 0,

@@ -15,23 +15,11 @@ unless its line says otherwise.
 Every judge sees the same pairs, in the same seeded order, against the same sampled principles;
 the row's p combines the judges' p's by their mean log-odds, σ(mean logit p_k).
 
-Why the mean log-odds and not the mean probability (measured with `simulate` in
-`tests/test_jury.py`): synthetic judges of known quality (truth y; judge k sees evidence
-e ~ N(±μ_k, 1) and says p = σ(t·2μ_k·e), calibrated at t = 1; μ = 0: at chance), 20,000 pairs
-per jury, seed 0; log-loss against the truth, mean log-odds vs mean probability:
-
-    strong (μ 1.0) + weak (0.3)             0.387 vs 0.447
-    strong + at chance                      0.404 vs 0.473
-    two equal (0.6)                         0.471 vs 0.487
-    three equal (0.5)                       0.511 vs 0.527
-    strong + weak overconfident (t 3)       0.395 vs 0.436
-    strong + weak + at chance               0.445 vs 0.516
-    two equal, one overconfident (t 3)      0.474 vs 0.464   (the one case the other way)
-
-Agreement with the truth is the same for two judges (the mean logit is > 0 exactly when
-p_1 + p_2 > 1) and within 0.1 point for three (80.9% vs 80.8%; 85.1% vs 85.2%). The log-odds
-mean lets a confident judge keep its confidence next to one that knows nothing, where the mean
-probability halves it, which is what a jury of mixed judges needs.
+Why the mean log-odds and not the mean probability: on synthetic judges of known quality
+(`simulate` in tests/test_jury.py) it gave the lower log-loss against the truth in 6 of 7 juries,
+e.g. 0.404 vs 0.473 for a strong judge beside one at chance, with the same agreement: the
+log-odds mean lets a confident judge keep its confidence next to one that knows nothing, where
+the mean probability halves it. The whole table: docs/judges.md, "Why a jury averages log-odds".
 """
 
 from __future__ import annotations
@@ -160,7 +148,7 @@ def judge_chunk_jury(
     progress=None,
 ) -> list[dict]:
     """One row per record of `chunk`, judged by every (role, engine) of `judges`, each judge
-    filling its share of `progress` (a `stage.Progress`) in turn."""
+    filling its share of `progress` (a `progress.Progress`) in turn."""
     parts = (progress or Progress()).split(len(judges))
     shares = {role: part for (role, _), part in zip(judges, parts, strict=True)}
     by_role: dict[str, list[dict]] = {}

@@ -176,7 +176,7 @@ def _training_block(folder: Path, manifest: dict, title: str) -> str:
 
 def _model_rows(models: dict) -> list[list]:
     """The starting model and any other (dpo's and rl's reference) by role. The roles differ by
-    stage (sft, dpo, train-rm: "base"; rl: "policy"), but `training.run_training` always lists
+    stage (sft, dpo, train-rm: "base"; rl: "policy"), but `TrainingJob` always lists
     the model it trains first, so the first role is the starting model whatever its name."""
     described = [(role, m) for role, m in models.items() if isinstance(m, dict)]
     if not described:

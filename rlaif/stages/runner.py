@@ -236,7 +236,7 @@ class RecordStage:
             rows, sha = read_jsonl(given.path, self.cfg.dataset)
             self.inputs[given.option] = ReadInput(given.parse(given.path, rows), sha)
         self.parsed = self.inputs[self.input.option].records  # the whole input
-        self.shard = getattr(self.cfg, "shard", None)
+        self.shard = self.cfg.shard if isinstance(self.cfg, ShardedRecordSettings) else None
         self.records = select(self.parsed, self.shard)  # this shard's share
         if self.shard:
             print(

@@ -43,7 +43,7 @@ class SFTConfig(TrainingSettings):
     completion_only_loss: bool = option(True, help="Loss on the answer only, not on the prompt.")
     learning_rate: float = 2e-5
     # 4 x 2 accumulated: 8 examples per update, half the activations held at once
-    # (fits 4 GiB with the defaults; README "Memory").
+    # (fits 4 GiB with the defaults; docs/stages.md, "Memory of the training stages").
     batch_size: int = option(4, help="Conversations per device per step.")
     gradient_accumulation_steps: int = 2
     max_length: int = option(

@@ -52,7 +52,7 @@ class TrainRMConfig(TrainingSettings, LabelModeSettings):
     # batches of similar length: less padding, same samples
     group_by_length: bool = option(True, help="Batch pairs of similar length (less padding).")
     # 4 x 2 accumulated: 8 examples per update, half the activations held at once
-    # (fits 4 GiB with the defaults; README "Memory").
+    # (fits 4 GiB with the defaults; docs/stages.md, "Memory of the training stages").
     batch_size: int = option(4, help="Pairs per device per step.")
     gradient_accumulation_steps: int = 2
     max_length: int = option(

@@ -1,7 +1,7 @@
 """What every training stage (train-rm, sft, dpo, rl) shares around its TRL trainer.
 
 - `TrainingSettings`: the options all of them take (model, LoRA, schedule, checkpoints, seed).
-- `run_training`: the one training run: checkpoint folder, TRL arguments, LoRA, resume,
+- `TrainingJob`: the one training run: checkpoint folder, TRL arguments, LoRA, resume,
   training and publishing; a stage supplies its data, models and trainer.
 - Resumable runs: checkpoints live in `DIR.partial/` next to a fingerprint of the settings and
   inputs; a rerun with the same settings resumes from the newest complete checkpoint, other
@@ -70,7 +70,7 @@ class TrainingSettings:
     gradient_checkpointing: bool = option(
         True, help="Recompute activations in the backward pass: far less memory, slower steps."
     )
-    # auto: with the defaults, 1.6-3.1x the float32 step rate on this AVX-512 BF16 CPU, losses
+    # auto: with the defaults, 1.6-3.1x the float32 step rate on an AVX-512 BF16 CPU, losses
     # within ~1% (benchmarks/training_step_times.py)
     dtype: str = option(
         "auto",
