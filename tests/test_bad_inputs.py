@@ -919,6 +919,32 @@ for command in ("generate", "label", "sft", "dpo", "rl"):
     )
 
 
+# `rlaif label` rows edited by hand, checked before the reward model loads: the fake REWARD_MODEL
+# holds no weights, so a row that reached the model would fail with another message.
+LABEL_ROWS = {
+    "label-row-no-responses": LABELLED.replace(b'"responses": ["yes", "no"], ', b""),
+    "label-row-responses-text": LABELLED.replace(b'["yes", "no"]', b'"yes or no"'),
+}
+for command in ("score", "eval-rm"):
+    argv, _, extra = READERS[command]
+    for problem, content in LABEL_ROWS.items():
+        case(
+            f"{command}-{problem}",
+            argv.replace("{in}", "{d}/in.jsonl"),
+            {"in.jsonl": content + b"\n", **extra},
+            "in.jsonl:1: 'responses' of a label row must be a list of texts",
+        )
+case(
+    "eval-rm-label-row-reference-text",
+    READERS["eval-rm"][0].replace("{in}", "{d}/in.jsonl"),
+    {
+        "in.jsonl": LABELLED.replace(b'"reference": 0', b'"reference": "first"') + b"\n",
+        **REWARD_MODEL,
+    },
+    "in.jsonl:1: 'reference' of a label row must be 0 or 1",
+)
+
+
 # An output edited by hand after rlaif wrote it: its manifest no longer vouches for it.
 def written_then_edited(out: str):
     def setup(d: Path) -> None:
