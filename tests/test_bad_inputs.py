@@ -917,6 +917,25 @@ for command in ("generate", "label", "sft", "dpo", "rl"):
         {"in.jsonl": READERS[command][1], "run.yaml": b"seed: 1\nchunk_size: 2\nseed: 3\n"},
         "run.yaml:3: key 'seed' appears twice in one mapping (first on line 1)",
     )
+case(
+    "config-duplicate-key-one-line",
+    f"{GEN} --config {{d}}/run.yaml",
+    {"in.jsonl": PROMPT, "run.yaml": b"{seed: 1, seed: 3}\n"},
+    "run.yaml:1: key 'seed' appears twice in one mapping (first on line 1)",
+)
+case(
+    "constitution-duplicate-key-one-line",
+    "constitution validate {d}/c.yaml",
+    {"c.yaml": CONSTITUTION.replace(b"{id: a,", b"{id: a, id: b,")},
+    "c.yaml:4: key 'id' appears twice in one mapping (first on line 4)",
+)
+# ... but a YAML merge key (`<<: *base`) may give a key again: read as yaml.safe_load reads it.
+case(
+    "config-merge-key-read",
+    f"{GEN} --config {{d}}/run.yaml",
+    {"in.jsonl": PROMPT, "run.yaml": b"<<: {rounds: many, seed: 1}\nseed: 2\n"},
+    "run.yaml: key 'rounds'",
+)
 
 
 # `rlaif label` rows edited by hand, checked before the reward model loads: the fake REWARD_MODEL
