@@ -866,6 +866,26 @@ for command, content in SURROGATE.items():
         f"in.jsonl:{2 if command in ('generate', 'sample') else 1}: holds a lone surrogate escape",
     )
 
+# ... and in YAML (a double-quoted "\ud800"), in a constitution or a config file.
+SURROGATE_CONSTITUTION = CONSTITUTION.replace(b"critique: c", b'critique: "c \\ud800"')
+for name, argv in (
+    ("constitution-lone-surrogate", "constitution validate {d}/c.yaml"),
+    ("constitution-show-lone-surrogate", "constitution show {d}/c.yaml"),
+    ("generate-constitution-lone-surrogate", f"{GEN} -c {{d}}/c.yaml"),
+):
+    case(
+        name,
+        argv,
+        {"in.jsonl": PROMPT, "c.yaml": SURROGATE_CONSTITUTION},
+        "c.yaml:4: holds a lone surrogate escape",
+    )
+case(
+    "config-lone-surrogate",
+    f"{GEN} --config {{d}}/run.yaml",
+    {"in.jsonl": PROMPT, "run.yaml": b'seed: 1\nmodel: "m\\udc00"\n'},
+    "run.yaml:2: holds a lone surrogate escape",
+)
+
 # A file name that is not UTF-8 (as a shell passes one: bytes, surrogate-escaped by Python).
 BAD_NAME = "{d}/caf\udce9.jsonl"
 for command, (argv, content, extra) in WRITERS.items():

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import jsonlines
 
-from rlaif.plumbing.errors import UserError, at
+from rlaif.plumbing.errors import UserError, at, lone_surrogate
 from rlaif.plumbing.options import option
 
 STDIO = "-"  # stdin or stdout, wherever a path is taken
@@ -83,19 +83,14 @@ def parse_jsonl(path: str, data: bytes) -> list[tuple[int, dict]]:
     if not rows:
         raise at(path, None, "empty file: no JSON records found")
     for number, obj in rows:
-        if b"\\u" in lines[number - 1] and not _is_text(obj):
-            raise at(
-                path,
-                number,
-                "holds a lone surrogate escape (such as \\ud800), which is not text; fix or"
-                " remove it",
-            )
+        if b"\\u" in lines[number - 1] and not is_text(obj):
+            raise lone_surrogate(path, number)
     return rows
 
 
-def _is_text(obj: Any) -> bool:
-    """Whether every string in a parsed row can be written back as UTF-8 (JSON's \\ud800 alone
-    parses into a string that cannot)."""
+def is_text(obj: Any) -> bool:
+    """Whether every string in a parsed row (or YAML document) can be written back as UTF-8
+    (JSON's or YAML's \\ud800 alone parses into a string that cannot)."""
     try:
         json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

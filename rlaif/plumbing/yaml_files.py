@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlaif.plumbing.errors import at
+from rlaif.plumbing.errors import at, lone_surrogate
+from rlaif.plumbing.files import is_text
 
 MAX_ALIASES = 16
 MERGE_TAG = "tag:yaml.org,2002:merge"  # `<<: *base`
@@ -34,6 +35,12 @@ def read_yaml(path: str, what: str):
                         f"more than {MAX_ALIASES} YAML aliases (*name); write the values out",
                     )
             return super().compose_node(parent, index)
+
+        def compose_scalar_node(self, anchor):
+            node = super().compose_scalar_node(anchor)
+            if not is_text(node.value):  # "\\ud800" in a double-quoted string
+                raise lone_surrogate(path, node.start_mark.line + 1)
+            return node
 
         def compose_mapping_node(self, anchor):
             node = super().compose_mapping_node(anchor)
