@@ -183,6 +183,24 @@ def test_a_full_disk_leaves_neither_output_nor_manifest(tmp_path):
         assert manifest["output"]["size"] == out.stat().st_size
 
 
+def test_a_full_disk_while_finished_records_are_saved_names_the_partial_file(tmp_path):
+    """The disk a long run fills is most likely filled while it saves finished records."""
+    from rlaif.plumbing.errors import UserError
+    from rlaif.plumbing.outputs import PartialRun
+
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        out = str(disk / "out.jsonl")
+        PartialRun(out, {"seed": 1}, force=False).append([{"id": "a"}])
+        more = [{"id": str(i), "text": "x" * 1000} for i in range(200)]  # 200 kB
+        with pytest.raises(UserError) as error:
+            PartialRun(out, {"seed": 1}, force=False).append(more)
+        assert str(error.value).startswith(
+            f"{out}.partial.jsonl: no space left on device while writing finished records"
+        )
+        assert "MiB free there" in str(error.value)
+        assert "a" in PartialRun(out, {"seed": 1}, force=False).done  # those saved are kept
+
+
 @pytest.mark.slow
 def test_a_model_that_does_not_fit_on_the_disk_is_one_line_and_leaves_nothing(
     tmp_path, home_with_model

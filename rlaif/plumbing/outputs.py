@@ -30,7 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlaif.plumbing.errors import UserError
-from rlaif.plumbing.files import STDIO, json_line, manifest_path, partial_path, sha256_file
+from rlaif.plumbing.files import (
+    STDIO,
+    disk_full_error,
+    is_disk_full,
+    json_line,
+    manifest_path,
+    partial_path,
+    sha256_file,
+)
 from rlaif.plumbing.manifest import read_manifest
 
 PARTIAL_HEADER_KEY = "__rlaif_partial__"
@@ -465,14 +473,20 @@ class PartialRun:
         new = not self.path.exists()
         if new:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            if new:
-                f.write(json_line({PARTIAL_HEADER_KEY: self.fingerprint}) + "\n")
-            for record in records:
-                f.write(json_line(record) + "\n")
-                self.done[record["id"]] = record
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                if new:
+                    f.write(json_line({PARTIAL_HEADER_KEY: self.fingerprint}) + "\n")
+                for record in records:
+                    f.write(json_line(record) + "\n")
+                    self.done[record["id"]] = record
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if e.filename is not None or not is_disk_full(e):
+                raise
+            # the system's words name no file; a line cut short here is dropped on resuming
+            raise disk_full_error(self.path, "finished records (those saved are kept)") from None
 
     @staticmethod
     def discard(output: str) -> None:
