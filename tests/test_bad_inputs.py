@@ -7,6 +7,7 @@ local fake of an OpenAI-compatible server), so the whole table runs in well unde
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import hashlib
 import http.server
@@ -1099,6 +1100,35 @@ for command in ("generate", "label", "dpo", "agreement", "show"):
         dict(extra),
         "hf:no-such-org/no-such-data: the hub (127.0.0.1) cannot be reached",
         env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+    )
+
+
+def parquet_with(column: str, value):
+    """A parquet input whose one row holds `column` besides a prompt and a pair."""
+
+    def setup(d: Path) -> None:
+        import pyarrow
+        import pyarrow.parquet
+
+        row = {"id": "a", "prompt": "Q?", "responses": ["yes", "no"], column: value}
+        pyarrow.parquet.write_table(pyarrow.Table.from_pylist([row]), d / "in.parquet")
+
+    return setup
+
+
+# Columns no JSON line can hold: each stage writes its rows back as JSONL.
+for command, column, value in (
+    ("generate", "asked", datetime.datetime(2024, 5, 1, 12, 0)),
+    ("label", "audio", b"\x00\x01"),
+    ("show", "asked", datetime.date(2024, 5, 1)),
+):
+    argv, _, extra = READERS[command]
+    case(
+        f"{command}-parquet-{type(value).__name__}-column",
+        argv.replace("{in}", "{d}/in.parquet"),
+        dict(extra),
+        f"in.parquet:1: column '{column}' holds what JSON cannot",
+        setup=parquet_with(column, value),
     )
 
 

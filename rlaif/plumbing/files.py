@@ -182,9 +182,28 @@ def _numbered(records: list[dict], path: str) -> tuple[list[tuple[int, dict]], s
     if not rows:
         raise at(path, None, "empty dataset: no records")
     digest = hashlib.sha256()
-    for _, row in rows:
-        digest.update((json_line(row) + "\n").encode("utf-8"))
+    for number, row in rows:
+        try:
+            line = json_line(row)
+        except TypeError:
+            raise _not_json(path, number, row) from None
+        digest.update((line + "\n").encode("utf-8"))
     return rows, digest.hexdigest()
+
+
+def _not_json(path: str, number: int, row: dict) -> UserError:
+    """A dataset's column that no JSONL row could hold (a timestamp, bytes), named: a stage
+    writes its rows back as JSON."""
+    for column, value in row.items():
+        try:
+            json_line(value)
+        except TypeError as e:
+            return at(
+                path,
+                number,
+                f"column {column!r} holds what JSON cannot ({e}); convert it to text or drop it",
+            )
+    return at(path, number, "holds a value JSON cannot hold")
 
 
 def unreachable_hub(timeout_s: float = 3.0) -> str | None:
