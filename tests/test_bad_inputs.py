@@ -986,23 +986,28 @@ case(
 
 
 # An output edited by hand after rlaif wrote it: its manifest no longer vouches for it.
-def written_then_edited(out: str):
+def written_then_edited(out: str, same_size: bool):
+    """`same_size`: one character changed, so only the sha256 tells; else a row cut short."""
+
     def setup(d: Path) -> None:
-        manifest = {"stage": "x", "fingerprint": {}, "output": {"size": 3, "sha256": "0" * 64}}
-        (d / out).write_bytes(b'{"id": "a"}\n')  # not the 3 bytes the manifest records
+        written = b'{"id": "a"}\n'
+        recorded = {"size": len(written), "sha256": hashlib.sha256(written).hexdigest()}
+        (d / out).write_bytes(b'{"id": "b"}\n' if same_size else written[:3])
+        manifest = {"stage": "x", "fingerprint": {}, "output": recorded}
         (d / f"{out}.manifest.json").write_text(json.dumps(manifest))
 
     return setup
 
 
 for command, (argv, content, extra) in WRITERS.items():
-    case(
-        f"{command}-output-edited-by-hand",
-        argv.replace("{in}", "{d}/in.jsonl").replace("{out}", "{d}/out.jsonl"),
-        {"in.jsonl": content, **extra},
-        "out.jsonl: changed since rlaif wrote it",
-        setup=written_then_edited("out.jsonl"),
-    )
+    for edit, same_size in (("edited-by-hand", False), ("edited-same-size", True)):
+        case(
+            f"{command}-output-{edit}",
+            argv.replace("{in}", "{d}/in.jsonl").replace("{out}", "{d}/out.jsonl"),
+            {"in.jsonl": content, **extra},
+            "out.jsonl: changed since rlaif wrote it",
+            setup=written_then_edited("out.jsonl", same_size),
+        )
 
 
 # Two runs writing one output (make -j with two targets naming one file).
