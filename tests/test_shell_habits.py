@@ -121,6 +121,32 @@ def test_sigterm_is_handled_as_ctrl_c_and_the_rerun_resumes(tmp_path):
     assert not (tmp_path / ".out.jsonl.lock").exists()
 
 
+def test_sigterm_while_an_output_is_published_is_exit_143_and_leaves_nothing(tmp_path, capsys):
+    """The fast, in-process kind of the test above: the signal arrives while the rows are
+    written to the temporary file, through the CLI's own error path."""
+    import os
+
+    import typer
+
+    from rlaif.plumbing.commands import run_cli
+    from rlaif.plumbing.files import manifest_path, write_with_manifest
+
+    out = str(tmp_path / "out.jsonl")
+
+    def rows():
+        yield {"id": "a"}
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before the next row is asked for
+        yield {"id": "b"}
+
+    with pytest.raises(typer.Exit) as stopped:
+        run_cli(lambda: write_with_manifest(out, rows(), manifest_path(out), {"stage": "t"}))
+    assert stopped.value.exit_code == 143
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: interrupted: finished records are kept; run the same command again to resume"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no output, manifest or temporary file
+
+
 def test_a_lock_left_by_a_killed_run_does_not_block_a_rerun(tmp_path, monkeypatch):
     (tmp_path / "in.jsonl").write_bytes(PROMPTS)
     holder = subprocess.Popen(
