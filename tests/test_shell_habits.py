@@ -147,6 +147,38 @@ def test_sigterm_while_an_output_is_published_is_exit_143_and_leaves_nothing(tmp
     assert list(tmp_path.iterdir()) == []  # no output, manifest or temporary file
 
 
+def test_a_signal_held_back_while_publishing_takes_the_partial_file_along(
+    tmp_path, capsys, monkeypatch
+):
+    """A signal sent during the renames is delivered once they are done. The output is whole
+    then, and what only a resumed run reads (OUT.partial.jsonl, OUT.work/) must be gone with
+    it: the rerun finds the output up to date and would never remove them."""
+    import os
+
+    import typer
+
+    from rlaif.plumbing.commands import run_cli
+    from rlaif.plumbing.outputs import PartialRun
+    from rlaif.stages.runner import publish, work_dir
+
+    out = str(tmp_path / "out.jsonl")
+    PartialRun(out, {"seed": 1}, force=False).append([{"id": "a"}])
+    work_dir(out).mkdir()
+    (work_dir(out) / "answers.jsonl").write_text('{"id": "a"}\n')
+    replace = os.replace
+
+    def replace_then_signal(source, target):
+        replace(source, target)
+        os.kill(os.getpid(), signal.SIGTERM)  # held back until the block of renames ends
+
+    monkeypatch.setattr(os, "replace", replace_then_signal)
+    with pytest.raises(typer.Exit) as stopped:
+        run_cli(lambda: publish(out, [{"id": "a"}], {"stage": "t"}, work=True))
+    assert stopped.value.exit_code == 143
+    assert "error: interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.jsonl.manifest.json"]
+
+
 def test_a_lock_left_by_a_killed_run_does_not_block_a_rerun(tmp_path, monkeypatch):
     (tmp_path / "in.jsonl").write_bytes(PROMPTS)
     holder = subprocess.Popen(

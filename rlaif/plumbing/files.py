@@ -331,13 +331,22 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
-def write_with_manifest(path: str, rows: Iterable[dict], manifest_file: Path, manifest: dict):
+def write_with_manifest(
+    path: str,
+    rows: Iterable[dict],
+    manifest_file: Path,
+    manifest: dict,
+    leftovers: Iterable[Path] = (),
+):
     """Publish a JSONL output and its manifest together, or neither.
 
     Both are written to temporary files first, and the manifest records the output's size and
     sha256 (`file_identity`, to notice an edit by hand later). Then both are renamed into
     place with SIGINT and SIGTERM held back, so a signal cannot land between the two renames;
-    a failure before them (a full disk, a signal) leaves neither, nor any temporary file."""
+    a failure before them (a full disk, a signal) leaves neither, nor any temporary file.
+    `leftovers` (the run's partial file, its OUT.work/) are removed in the same held block: a
+    signal delivered just after the renames would leave them for good, since the rerun finds
+    the output up to date and never looks at them."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = [target.with_name(f".{p.name}.tmp-{os.getpid()}") for p in (target, manifest_file)]
@@ -361,6 +370,8 @@ def write_with_manifest(path: str, rows: Iterable[dict], manifest_file: Path, ma
         with signals_held():
             os.replace(staged[0], target)
             os.replace(staged[1], manifest_file)
+            for leftover in leftovers:
+                _remove(leftover)
     except OSError as e:
         if e.filename is not None:
             raise
@@ -368,6 +379,15 @@ def write_with_manifest(path: str, rows: Iterable[dict], manifest_file: Path, ma
     finally:
         for p in staged:
             p.unlink(missing_ok=True)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def file_identity(path: str | Path) -> dict:

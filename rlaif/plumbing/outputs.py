@@ -487,7 +487,3 @@ class PartialRun:
                 raise
             # the system's words name no file; a line cut short here is dropped on resuming
             raise disk_full_error(self.path, "finished records (those saved are kept)") from None
-
-    @staticmethod
-    def discard(output: str) -> None:
-        partial_path(output).unlink(missing_ok=True)
