@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -421,16 +421,18 @@ def partial_path(output: str) -> Path:
     return Path(f"{output}.partial.jsonl")
 
 
-def folder_digest(path: str | Path) -> str:
-    """A cheap identity for a model folder: names, sizes and modification times of its files.
+def folder_digest(path: str | Path, leave_out: Collection[str] = ()) -> str:
+    """A cheap identity for a model folder: names, sizes and modification times of its files
+    (but those named in `leave_out`, such as the manifest that records the digest).
 
     Hashing gigabytes of weights on every run would cost more than the check is worth; a
-    retrained model rewrites its files, which changes their times.
+    retrained model rewrites its files, and a file edited by hand is written again: either
+    changes their times.
     """
     root = Path(path)
     entries = sorted(
         f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
         for p in root.rglob("*")
-        if p.is_file()
+        if p.is_file() and str(p.relative_to(root)) not in leave_out
     )
     return sha256_bytes("\n".join(entries).encode())
