@@ -7,6 +7,7 @@ local fake of an OpenAI-compatible server), so the whole table runs in well unde
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import hashlib
 import http.server
@@ -866,6 +867,26 @@ for command, content in SURROGATE.items():
         f"in.jsonl:{2 if command in ('generate', 'sample') else 1}: holds a lone surrogate escape",
     )
 
+# ... and in YAML (a double-quoted "\ud800"), in a constitution or a config file.
+SURROGATE_CONSTITUTION = CONSTITUTION.replace(b"critique: c", b'critique: "c \\ud800"')
+for name, argv in (
+    ("constitution-lone-surrogate", "constitution validate {d}/c.yaml"),
+    ("constitution-show-lone-surrogate", "constitution show {d}/c.yaml"),
+    ("generate-constitution-lone-surrogate", f"{GEN} -c {{d}}/c.yaml"),
+):
+    case(
+        name,
+        argv,
+        {"in.jsonl": PROMPT, "c.yaml": SURROGATE_CONSTITUTION},
+        "c.yaml:4: holds a lone surrogate escape",
+    )
+case(
+    "config-lone-surrogate",
+    f"{GEN} --config {{d}}/run.yaml",
+    {"in.jsonl": PROMPT, "run.yaml": b'seed: 1\nmodel: "m\\udc00"\n'},
+    "run.yaml:2: holds a lone surrogate escape",
+)
+
 # A file name that is not UTF-8 (as a shell passes one: bytes, surrogate-escaped by Python).
 BAD_NAME = "{d}/caf\udce9.jsonl"
 for command, (argv, content, extra) in WRITERS.items():
@@ -917,26 +938,76 @@ for command in ("generate", "label", "sft", "dpo", "rl"):
         {"in.jsonl": READERS[command][1], "run.yaml": b"seed: 1\nchunk_size: 2\nseed: 3\n"},
         "run.yaml:3: key 'seed' appears twice in one mapping (first on line 1)",
     )
+case(
+    "config-duplicate-key-one-line",
+    f"{GEN} --config {{d}}/run.yaml",
+    {"in.jsonl": PROMPT, "run.yaml": b"{seed: 1, seed: 3}\n"},
+    "run.yaml:1: key 'seed' appears twice in one mapping (first on line 1)",
+)
+case(
+    "constitution-duplicate-key-one-line",
+    "constitution validate {d}/c.yaml",
+    {"c.yaml": CONSTITUTION.replace(b"{id: a,", b"{id: a, id: b,")},
+    "c.yaml:4: key 'id' appears twice in one mapping (first on line 4)",
+)
+# ... but a YAML merge key (`<<: *base`) may give a key again: read as yaml.safe_load reads it.
+case(
+    "config-merge-key-read",
+    f"{GEN} --config {{d}}/run.yaml",
+    {"in.jsonl": PROMPT, "run.yaml": b"<<: {rounds: many, seed: 1}\nseed: 2\n"},
+    "run.yaml: key 'rounds'",
+)
+
+
+# `rlaif label` rows edited by hand, checked before the reward model loads: the fake REWARD_MODEL
+# holds no weights, so a row that reached the model would fail with another message.
+LABEL_ROWS = {
+    "label-row-no-responses": LABELLED.replace(b'"responses": ["yes", "no"], ', b""),
+    "label-row-responses-text": LABELLED.replace(b'["yes", "no"]', b'"yes or no"'),
+}
+for command in ("score", "eval-rm"):
+    argv, _, extra = READERS[command]
+    for problem, content in LABEL_ROWS.items():
+        case(
+            f"{command}-{problem}",
+            argv.replace("{in}", "{d}/in.jsonl"),
+            {"in.jsonl": content + b"\n", **extra},
+            "in.jsonl:1: 'responses' of a label row must be a list of texts",
+        )
+case(
+    "eval-rm-label-row-reference-text",
+    READERS["eval-rm"][0].replace("{in}", "{d}/in.jsonl"),
+    {
+        "in.jsonl": LABELLED.replace(b'"reference": 0', b'"reference": "first"') + b"\n",
+        **REWARD_MODEL,
+    },
+    "in.jsonl:1: 'reference' of a label row must be 0 or 1",
+)
 
 
 # An output edited by hand after rlaif wrote it: its manifest no longer vouches for it.
-def written_then_edited(out: str):
+def written_then_edited(out: str, same_size: bool):
+    """`same_size`: one character changed, so only the sha256 tells; else a row cut short."""
+
     def setup(d: Path) -> None:
-        manifest = {"stage": "x", "fingerprint": {}, "output": {"size": 3, "sha256": "0" * 64}}
-        (d / out).write_bytes(b'{"id": "a"}\n')  # not the 3 bytes the manifest records
+        written = b'{"id": "a"}\n'
+        recorded = {"size": len(written), "sha256": hashlib.sha256(written).hexdigest()}
+        (d / out).write_bytes(b'{"id": "b"}\n' if same_size else written[:3])
+        manifest = {"stage": "x", "fingerprint": {}, "output": recorded}
         (d / f"{out}.manifest.json").write_text(json.dumps(manifest))
 
     return setup
 
 
 for command, (argv, content, extra) in WRITERS.items():
-    case(
-        f"{command}-output-edited-by-hand",
-        argv.replace("{in}", "{d}/in.jsonl").replace("{out}", "{d}/out.jsonl"),
-        {"in.jsonl": content, **extra},
-        "out.jsonl: changed since rlaif wrote it",
-        setup=written_then_edited("out.jsonl"),
-    )
+    for edit, same_size in (("edited-by-hand", False), ("edited-same-size", True)):
+        case(
+            f"{command}-output-{edit}",
+            argv.replace("{in}", "{d}/in.jsonl").replace("{out}", "{d}/out.jsonl"),
+            {"in.jsonl": content, **extra},
+            "out.jsonl: changed since rlaif wrote it",
+            setup=written_then_edited("out.jsonl", same_size),
+        )
 
 
 # Two runs writing one output (make -j with two targets naming one file).
@@ -1034,6 +1105,35 @@ for command in ("generate", "label", "dpo", "agreement", "show"):
         dict(extra),
         "hf:no-such-org/no-such-data: the hub (127.0.0.1) cannot be reached",
         env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+    )
+
+
+def parquet_with(column: str, value):
+    """A parquet input whose one row holds `column` besides a prompt and a pair."""
+
+    def setup(d: Path) -> None:
+        import pyarrow
+        import pyarrow.parquet
+
+        row = {"id": "a", "prompt": "Q?", "responses": ["yes", "no"], column: value}
+        pyarrow.parquet.write_table(pyarrow.Table.from_pylist([row]), d / "in.parquet")
+
+    return setup
+
+
+# Columns no JSON line can hold: each stage writes its rows back as JSONL.
+for command, column, value in (
+    ("generate", "asked", datetime.datetime(2024, 5, 1, 12, 0)),
+    ("label", "audio", b"\x00\x01"),
+    ("show", "asked", datetime.date(2024, 5, 1)),
+):
+    argv, _, extra = READERS[command]
+    case(
+        f"{command}-parquet-{type(value).__name__}-column",
+        argv.replace("{in}", "{d}/in.parquet"),
+        dict(extra),
+        f"in.parquet:1: column '{column}' holds what JSON cannot",
+        setup=parquet_with(column, value),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import yaml
 from typer.testing import CliRunner
 
 from rlaif.cli import app
@@ -30,6 +31,29 @@ def test_bundled_constitutions_validate():
     result = runner.invoke(app, ["constitution", "validate", "harmless", "helpful"])
     assert result.exit_code == 0, result.output
     assert result.output.count(": ok") == 2
+
+
+MERGED = """name: t
+version: 1
+principles:
+  - &a {id: a, critique: c, revision: r, preference: p}
+  - {<<: *a, id: b}
+"""
+# a merge read before the mapping it merges is (PyYAML fills deeper mappings later)
+MERGED_EARLY = "a: &a {x: 1}\nouter: {inner: &b {<<: *a, x: 2}}\nc: {<<: *b, y: 3}\n"
+
+
+def test_yaml_merge_keys_read_as_yaml_safe_load_reads_them(tmp_path):
+    """`<<: *base` may give a key again by design: that is no duplicate key."""
+    from rlaif.plumbing.yaml_files import read_yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(MERGED)
+    result = runner.invoke(app, ["constitution", "validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert [p.id for p in load_constitution(str(path)).principles] == ["a", "b"]
+    (tmp_path / "early.yaml").write_text(MERGED_EARLY)
+    assert read_yaml(str(tmp_path / "early.yaml"), "x") == yaml.safe_load(MERGED_EARLY)
 
 
 def test_harmless_covers_the_harm_areas_and_the_opposite_failures():

@@ -12,10 +12,11 @@ import pytest
 from conftest import DATA, rlaif_cmd
 
 from rlaif.plumbing.errors import UserError
-from rlaif.plumbing.files import partial_path, write_json
+from rlaif.plumbing.files import folder_digest, partial_path, write_json
 from rlaif.plumbing.outputs import (
     PartialRun,
     existing_output,
+    folder_files,
     guard_output,
     refuse_output_as_input,
     release_output_locks,
@@ -87,6 +88,27 @@ def test_a_folder_rlaif_did_not_write_is_never_replaced(tmp_path):
         existing_output(str(folder), True, folder=True, option="-o")
     (folder / "weights.bin").unlink()
     assert existing_output(str(folder), True, folder=True, option="-o")["stage"] == "sft"
+
+
+def test_a_model_folder_edited_by_hand_is_refused_unless_forced(tmp_path):
+    """As a training stage publishes it: its manifest records its files' digest."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"weights")
+    os.utime(
+        weights, (1e9, 1e9)
+    )  # written long ago, as a trained model is by the time it is edited
+    digest = folder_digest(folder)
+    manifest = {"stage": "sft", "fingerprint": FINGERPRINT, "files": folder_files(folder)}
+    write_json(folder / "manifest.json", {**manifest, "output": {"digest": digest}})
+    up_to_date = check_existing_output(str(folder), FINGERPRINT, False, folder=True, option="-o")
+    assert up_to_date["up_to_date"]  # its manifest touched (for Make), not counted
+    weights.write_bytes(b"weightz")  # one byte changed by hand, the same size
+    with pytest.raises(UserError, match=r"model: changed since rlaif wrote it \(a file's size"):
+        existing_output(str(folder), False, folder=True, option="-o")
+    assert existing_output(str(folder), True, folder=True, option="-o") is None
 
 
 @pytest.mark.parametrize("spelling", ["same", "dot", "symlink", "hardlink", "inside"])

@@ -121,6 +121,64 @@ def test_sigterm_is_handled_as_ctrl_c_and_the_rerun_resumes(tmp_path):
     assert not (tmp_path / ".out.jsonl.lock").exists()
 
 
+def test_sigterm_while_an_output_is_published_is_exit_143_and_leaves_nothing(tmp_path, capsys):
+    """The fast, in-process kind of the test above: the signal arrives while the rows are
+    written to the temporary file, through the CLI's own error path."""
+    import os
+
+    import typer
+
+    from rlaif.plumbing.commands import run_cli
+    from rlaif.plumbing.files import manifest_path, write_with_manifest
+
+    out = str(tmp_path / "out.jsonl")
+
+    def rows():
+        yield {"id": "a"}
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before the next row is asked for
+        yield {"id": "b"}
+
+    with pytest.raises(typer.Exit) as stopped:
+        run_cli(lambda: write_with_manifest(out, rows(), manifest_path(out), {"stage": "t"}))
+    assert stopped.value.exit_code == 143
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: interrupted: finished records are kept; run the same command again to resume"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no output, manifest or temporary file
+
+
+def test_a_signal_held_back_while_publishing_takes_the_partial_file_along(
+    tmp_path, capsys, monkeypatch
+):
+    """A signal sent during the renames is delivered once they are done. The output is whole
+    then, and what only a resumed run reads (OUT.partial.jsonl, OUT.work/) must be gone with
+    it: the rerun finds the output up to date and would never remove them."""
+    import os
+
+    import typer
+
+    from rlaif.plumbing.commands import run_cli
+    from rlaif.plumbing.outputs import PartialRun
+    from rlaif.stages.runner import publish, work_dir
+
+    out = str(tmp_path / "out.jsonl")
+    PartialRun(out, {"seed": 1}, force=False).append([{"id": "a"}])
+    work_dir(out).mkdir()
+    (work_dir(out) / "answers.jsonl").write_text('{"id": "a"}\n')
+    replace = os.replace
+
+    def replace_then_signal(source, target):
+        replace(source, target)
+        os.kill(os.getpid(), signal.SIGTERM)  # held back until the block of renames ends
+
+    monkeypatch.setattr(os, "replace", replace_then_signal)
+    with pytest.raises(typer.Exit) as stopped:
+        run_cli(lambda: publish(out, [{"id": "a"}], {"stage": "t"}, work=True))
+    assert stopped.value.exit_code == 143
+    assert "error: interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.jsonl.manifest.json"]
+
+
 def test_a_lock_left_by_a_killed_run_does_not_block_a_rerun(tmp_path, monkeypatch):
     (tmp_path / "in.jsonl").write_bytes(PROMPTS)
     holder = subprocess.Popen(
@@ -181,6 +239,24 @@ def test_a_full_disk_leaves_neither_output_nor_manifest(tmp_path):
         write_with_manifest(str(out), rows[:5], manifest_path(str(out)), {"stage": "t"})
         manifest = json.loads(manifest_path(str(out)).read_text())
         assert manifest["output"]["size"] == out.stat().st_size
+
+
+def test_a_full_disk_while_finished_records_are_saved_names_the_partial_file(tmp_path):
+    """The disk a long run fills is most likely filled while it saves finished records."""
+    from rlaif.plumbing.errors import UserError
+    from rlaif.plumbing.outputs import PartialRun
+
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        out = str(disk / "out.jsonl")
+        PartialRun(out, {"seed": 1}, force=False).append([{"id": "a"}])
+        more = [{"id": str(i), "text": "x" * 1000} for i in range(200)]  # 200 kB
+        with pytest.raises(UserError) as error:
+            PartialRun(out, {"seed": 1}, force=False).append(more)
+        assert str(error.value).startswith(
+            f"{out}.partial.jsonl: no space left on device while writing finished records"
+        )
+        assert "MiB free there" in str(error.value)
+        assert "a" in PartialRun(out, {"seed": 1}, force=False).done  # those saved are kept
 
 
 @pytest.mark.slow

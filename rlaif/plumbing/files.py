@@ -14,14 +14,14 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import jsonlines
 
-from rlaif.plumbing.errors import UserError, at
+from rlaif.plumbing.errors import UserError, at, lone_surrogate
 from rlaif.plumbing.options import option
 
 STDIO = "-"  # stdin or stdout, wherever a path is taken
@@ -83,19 +83,14 @@ def parse_jsonl(path: str, data: bytes) -> list[tuple[int, dict]]:
     if not rows:
         raise at(path, None, "empty file: no JSON records found")
     for number, obj in rows:
-        if b"\\u" in lines[number - 1] and not _is_text(obj):
-            raise at(
-                path,
-                number,
-                "holds a lone surrogate escape (such as \\ud800), which is not text; fix or"
-                " remove it",
-            )
+        if b"\\u" in lines[number - 1] and not is_text(obj):
+            raise lone_surrogate(path, number)
     return rows
 
 
-def _is_text(obj: Any) -> bool:
-    """Whether every string in a parsed row can be written back as UTF-8 (JSON's \\ud800 alone
-    parses into a string that cannot)."""
+def is_text(obj: Any) -> bool:
+    """Whether every string in a parsed row (or YAML document) can be written back as UTF-8
+    (JSON's or YAML's \\ud800 alone parses into a string that cannot)."""
     try:
         json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -187,9 +182,28 @@ def _numbered(records: list[dict], path: str) -> tuple[list[tuple[int, dict]], s
     if not rows:
         raise at(path, None, "empty dataset: no records")
     digest = hashlib.sha256()
-    for _, row in rows:
-        digest.update((json_line(row) + "\n").encode("utf-8"))
+    for number, row in rows:
+        try:
+            line = json_line(row)
+        except TypeError:
+            raise _not_json(path, number, row) from None
+        digest.update((line + "\n").encode("utf-8"))
     return rows, digest.hexdigest()
+
+
+def _not_json(path: str, number: int, row: dict) -> UserError:
+    """A dataset's column that no JSONL row could hold (a timestamp, bytes), named: a stage
+    writes its rows back as JSON."""
+    for column, value in row.items():
+        try:
+            json_line(value)
+        except TypeError as e:
+            return at(
+                path,
+                number,
+                f"column {column!r} holds what JSON cannot ({e}); convert it to text or drop it",
+            )
+    return at(path, number, "holds a value JSON cannot hold")
 
 
 def unreachable_hub(timeout_s: float = 3.0) -> str | None:
@@ -317,13 +331,22 @@ def signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
-def write_with_manifest(path: str, rows: Iterable[dict], manifest_file: Path, manifest: dict):
+def write_with_manifest(
+    path: str,
+    rows: Iterable[dict],
+    manifest_file: Path,
+    manifest: dict,
+    leftovers: Iterable[Path] = (),
+):
     """Publish a JSONL output and its manifest together, or neither.
 
     Both are written to temporary files first, and the manifest records the output's size and
     sha256 (`file_identity`, to notice an edit by hand later). Then both are renamed into
     place with SIGINT and SIGTERM held back, so a signal cannot land between the two renames;
-    a failure before them (a full disk, a signal) leaves neither, nor any temporary file."""
+    a failure before them (a full disk, a signal) leaves neither, nor any temporary file.
+    `leftovers` (the run's partial file, its OUT.work/) are removed in the same held block: a
+    signal delivered just after the renames would leave them for good, since the rerun finds
+    the output up to date and never looks at them."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = [target.with_name(f".{p.name}.tmp-{os.getpid()}") for p in (target, manifest_file)]
@@ -347,6 +370,8 @@ def write_with_manifest(path: str, rows: Iterable[dict], manifest_file: Path, ma
         with signals_held():
             os.replace(staged[0], target)
             os.replace(staged[1], manifest_file)
+            for leftover in leftovers:
+                _remove(leftover)
     except OSError as e:
         if e.filename is not None:
             raise
@@ -354,6 +379,15 @@ def write_with_manifest(path: str, rows: Iterable[dict], manifest_file: Path, ma
     finally:
         for p in staged:
             p.unlink(missing_ok=True)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def file_identity(path: str | Path) -> dict:
@@ -387,16 +421,18 @@ def partial_path(output: str) -> Path:
     return Path(f"{output}.partial.jsonl")
 
 
-def folder_digest(path: str | Path) -> str:
-    """A cheap identity for a model folder: names, sizes and modification times of its files.
+def folder_digest(path: str | Path, leave_out: Collection[str] = ()) -> str:
+    """A cheap identity for a model folder: names, sizes and modification times of its files
+    (but those named in `leave_out`, such as the manifest that records the digest).
 
     Hashing gigabytes of weights on every run would cost more than the check is worth; a
-    retrained model rewrites its files, which changes their times.
+    retrained model rewrites its files, and a file edited by hand is written again: either
+    changes their times.
     """
     root = Path(path)
     entries = sorted(
         f"{p.relative_to(root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
         for p in root.rglob("*")
-        if p.is_file()
+        if p.is_file() and str(p.relative_to(root)) not in leave_out
     )
     return sha256_bytes("\n".join(entries).encode())

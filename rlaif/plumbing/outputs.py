@@ -30,7 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlaif.plumbing.errors import UserError
-from rlaif.plumbing.files import STDIO, json_line, manifest_path, partial_path, sha256_file
+from rlaif.plumbing.files import (
+    STDIO,
+    disk_full_error,
+    folder_digest,
+    is_disk_full,
+    json_line,
+    manifest_path,
+    partial_path,
+    sha256_file,
+)
 from rlaif.plumbing.manifest import read_manifest
 
 PARTIAL_HEADER_KEY = "__rlaif_partial__"
@@ -152,11 +161,12 @@ def existing_output(output: str, force: bool, *, folder: bool, option: str) -> d
         return None
     if folder:
         _refuse_foreign_files(path, manifest, option)
-    elif _edited(path, manifest):
+    if _folder_edited(path, manifest) if folder else _edited(path, manifest):
         if not force:
+            what = "a file's size or time" if folder else "its size or sha256"
             raise UserError(
-                f"{option} {output}: changed since rlaif wrote it (its size or sha256 is not the"
-                f" one {manifest_file.name} records); move it away to keep it, or add --force to"
+                f"{option} {output}: changed since rlaif wrote it ({what} is not what"
+                f" {manifest_file.name} records); move it away to keep it, or add --force to"
                 " make it again"
             )
         return None
@@ -172,6 +182,15 @@ def _edited(path: Path, manifest: dict) -> bool:
     if path.stat().st_size != recorded.get("size"):
         return True
     return sha256_file(path) != recorded.get("sha256")
+
+
+def _folder_edited(folder: Path, manifest: dict) -> bool:
+    """Whether a model folder's files are no longer those rlaif wrote (a weights file replaced
+    or edited by hand), by `folder_digest`. Manifests from before they recorded it: trusted."""
+    recorded = manifest.get("output")
+    if not isinstance(recorded, dict) or "digest" not in recorded:
+        return False
+    return folder_digest(folder, leave_out={"manifest.json"}) != recorded["digest"]
 
 
 def up_to_date(
@@ -457,15 +476,17 @@ class PartialRun:
         new = not self.path.exists()
         if new:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            if new:
-                f.write(json_line({PARTIAL_HEADER_KEY: self.fingerprint}) + "\n")
-            for record in records:
-                f.write(json_line(record) + "\n")
-                self.done[record["id"]] = record
-            f.flush()
-            os.fsync(f.fileno())
-
-    @staticmethod
-    def discard(output: str) -> None:
-        partial_path(output).unlink(missing_ok=True)
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                if new:
+                    f.write(json_line({PARTIAL_HEADER_KEY: self.fingerprint}) + "\n")
+                for record in records:
+                    f.write(json_line(record) + "\n")
+                    self.done[record["id"]] = record
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if e.filename is not None or not is_disk_full(e):
+                raise
+            # the system's words name no file; a line cut short here is dropped on resuming
+            raise disk_full_error(self.path, "finished records (those saved are kept)") from None

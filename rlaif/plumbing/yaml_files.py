@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlaif.plumbing.errors import at
+from rlaif.plumbing.errors import at, lone_surrogate
+from rlaif.plumbing.files import is_text
 
 MAX_ALIASES = 16
+MERGE_TAG = "tag:yaml.org,2002:merge"  # `<<: *base`
 
 
 def read_yaml(path: str, what: str):
@@ -34,24 +36,16 @@ def read_yaml(path: str, what: str):
                     )
             return super().compose_node(parent, index)
 
-        def construct_mapping(self, node, deep=False):
-            # YAML forbids a key twice in one mapping; PyYAML keeps the last silently, so a
-            # second `principles:` would replace the first without a word.
-            seen: dict = {}
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                try:
-                    first = seen.setdefault(key, key_node.start_mark.line + 1)
-                except TypeError:
-                    continue  # an unhashable key: PyYAML's own error follows
-                if first != key_node.start_mark.line + 1:
-                    raise at(
-                        path,
-                        key_node.start_mark.line + 1,
-                        f"key {key!r} appears twice in one mapping (first on line {first});"
-                        " YAML forbids that, and only one would be used",
-                    )
-            return super().construct_mapping(node, deep=deep)
+        def compose_scalar_node(self, anchor):
+            node = super().compose_scalar_node(anchor)
+            if not is_text(node.value):  # "\\ud800" in a double-quoted string
+                raise lone_surrogate(path, node.start_mark.line + 1)
+            return node
+
+        def compose_mapping_node(self, anchor):
+            node = super().compose_mapping_node(anchor)
+            _refuse_duplicate_keys(path, node)
+            return node
 
     p = Path(path)
     if not p.is_file():
@@ -71,3 +65,27 @@ def read_yaml(path: str, what: str):
         raise at(path, None, "YAML nested too deeply") from None
     finally:
         loader.dispose()
+
+
+def _refuse_duplicate_keys(path: str, node) -> None:
+    """YAML forbids a key twice in one mapping; PyYAML keeps the last silently, so a second
+    `principles:` would replace the first without a word. Checked on the keys as written
+    (`{seed: 1, seed: 3}` on one line too), before PyYAML merges `<<: *base` in: a merged key
+    may be given again, by design, and PyYAML adds the merged keys to the very mapping nodes
+    (so a check while constructing would see the merged keys of another mapping twice)."""
+    import yaml
+
+    seen: dict[tuple[str, str], int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE_TAG:
+            continue  # a list or mapping as a key: left to PyYAML, which refuses it
+        key = (key_node.tag, key_node.value)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise at(
+                path,
+                line,
+                f"key {key_node.value!r} appears twice in one mapping (first on line {seen[key]});"
+                " YAML forbids that, and only one would be used",
+            )
+        seen[key] = line

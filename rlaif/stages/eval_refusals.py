@@ -27,7 +27,6 @@ where they disagree).
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 from dataclasses import dataclass
 
@@ -44,7 +43,6 @@ from rlaif.stages.runner import (
     StageInput,
     answer_records,
     local_engines,
-    work_dir,
 )
 
 # XSTest's string-match rule: openings of a full refusal (classify_completions_strmatch.py).
@@ -359,9 +357,9 @@ def run(cfg: RefusalsConfig) -> dict:
         report = refusals_report(records, refused, roles)
         manifest = stage.publish(
             rows,
+            work=True,  # the answers in OUT.work/ go as the output appears
             counts={"prompts": len(rows), "unsafe": report["unsafe"], "safe": report["safe"]},
             report=report,
         )
-    shutil.rmtree(work_dir(cfg.output), ignore_errors=True)
     print(format_report(report), file=sys.stderr)
     return manifest

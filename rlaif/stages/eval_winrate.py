@@ -20,7 +20,6 @@ too. With `--rm`, each side's mean reward from a reward model is added.
 from __future__ import annotations
 
 import math
-import shutil
 import statistics
 import sys
 from dataclasses import dataclass
@@ -272,11 +271,11 @@ def run(cfg: WinrateConfig) -> dict:
         report = winrate_report(out_rows, rewards)
         manifest = stage.publish(
             out_rows,
+            work=True,  # the answers in OUT.work/ go as the output appears
             counts={"prompts": len(out_rows), "judged": len(judged)},
             report=report,
             judge_diagnostics=judge_diagnostics(list(labelled.values())) if labelled else None,
         )
-    shutil.rmtree(work_dir(cfg.output), ignore_errors=True)
     print(format_report(report), file=sys.stderr)
     return manifest
 

@@ -6,7 +6,6 @@ stage reads the pairs, judges them chunk by chunk and reports the judge diagnost
 
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -238,6 +237,7 @@ def run(cfg: LabelConfig) -> dict:
         diagnostics = jury.add_jury_figures(judge_diagnostics(rows), rows)
         manifest = stage.publish(
             rows,
+            work=bool(calibration),  # the judged references in OUT.work/
             counts={
                 "records": len(result.rows),
                 "skipped": len(unjudgeable),
@@ -252,8 +252,6 @@ def run(cfg: LabelConfig) -> dict:
             skipped=unjudgeable,
             **({"calibration": calibration} if calibration else {}),
         )
-    if calibration and cfg.output != STDIO:
-        shutil.rmtree(work_dir(cfg.output), ignore_errors=True)
     print(format_diagnostics(diagnostics), file=sys.stderr)
     if "jury" in diagnostics:
         print(jury.format_jury(diagnostics["jury"]), file=sys.stderr)

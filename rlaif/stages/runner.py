@@ -31,6 +31,7 @@ from rlaif.plumbing.files import (
     STDIO,
     DatasetSettings,
     manifest_path,
+    partial_path,
     read_jsonl,
     write_jsonl,
     write_with_manifest,
@@ -162,8 +163,9 @@ def run_in_chunks(
     return ChunkedRun([done[r.id] for r in records], resumed)
 
 
-def publish(output: str, rows: list[dict], manifest: dict) -> None:
-    """Publish the output and its manifest together, or neither; then drop the partial file.
+def publish(output: str, rows: list[dict], manifest: dict, work: bool = False) -> None:
+    """Publish the output and its manifest together, or neither, and drop the partial file
+    (and with `work`, the stage's OUT.work/) as they appear.
 
     The manifest records the output's size and sha256; `outputs.existing_output` compares
     them later, to notice an edit by hand (see `files.write_with_manifest`).
@@ -171,8 +173,8 @@ def publish(output: str, rows: list[dict], manifest: dict) -> None:
     if output == STDIO:
         write_jsonl(output, rows)
         return
-    write_with_manifest(output, rows, manifest_path(output), manifest)
-    PartialRun.discard(output)
+    leftovers = [partial_path(output), *([work_dir(output)] if work else [])]
+    write_with_manifest(output, rows, manifest_path(output), manifest, leftovers)
 
 
 class RecordStage:
@@ -427,9 +429,10 @@ class RecordStage:
             },
         )
 
-    def publish(self, rows: list[dict], **manifest_args) -> dict:
+    def publish(self, rows: list[dict], work: bool = False, **manifest_args) -> dict:
+        """`work`: the run kept intermediate files in OUT.work/ (`work_dir`), now done with."""
         manifest = self.manifest(**manifest_args)
-        publish(self.output, rows, manifest)
+        publish(self.output, rows, manifest, work)
         return manifest
 
 

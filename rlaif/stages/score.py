@@ -70,6 +70,30 @@ def format_rm_report(report: dict) -> str:
     )
 
 
+def _is_chat(value) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value)
+    )
+
+
+def label_row(path: str, line: int, row: dict, *, pair: bool = False) -> tuple[list, list[str]]:
+    """The prompt and responses of an `rlaif label` row, checked: a row edited by hand fails
+    here, naming its line, before the reward model loads. `pair`: exactly two responses (eval
+    rm compares them)."""
+    prompt, responses = row.get("prompt"), row.get("responses")
+    if not _is_chat(prompt):
+        raise at(path, line, "'prompt' of a label row must be a list of chat messages")
+    if not (
+        isinstance(responses, list) and responses and all(isinstance(r, str) for r in responses)
+    ):
+        raise at(path, line, "'responses' of a label row must be a list of texts")
+    if pair and len(responses) != 2:
+        raise at(path, line, "'responses' of a label row must be two texts, to compare")
+    return prompt, list(responses)
+
+
 @dataclass(kw_only=True)
 class EvalRMConfig:
     """Reward-model accuracy against reference labels (95% CI) and its calibration (ECE).
@@ -103,11 +127,14 @@ def evaluate_rm(cfg: EvalRMConfig) -> dict:
     check_reward_model_folder(cfg.rm)
     rows, _ = read_jsonl(cfg.pairs)
     pairs = []
-    for _, row in rows:
+    for line, row in rows:
         if is_labelled_row(row):  # `rlaif label` output: its reference is the input's label
             if row.get("reference") is None:
                 continue
-            pairs.append((row["prompt"], row["responses"], row["reference"]))
+            if row["reference"] not in (0, 1) or isinstance(row["reference"], bool):
+                raise at(cfg.pairs, line, "'reference' of a label row must be 0 or 1")
+            prompt, responses = label_row(cfg.pairs, line, row, pair=True)
+            pairs.append((prompt, responses, row["reference"]))
     others = [(line, row) for line, row in rows if not is_labelled_row(row)]
     for record in parse_pair_records(cfg.pairs, others) if others else []:
         if record.reference is not None and not record.identical:
@@ -151,14 +178,6 @@ class ScoreConfig:
             raise UserError(f"--batch-size {self.batch_size}: must be at least 1")
 
 
-def _is_chat(value) -> bool:
-    return (
-        isinstance(value, list)
-        and bool(value)
-        and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value)
-    )
-
-
 @one_run
 def score_file(cfg: ScoreConfig) -> dict:
     """Add rewards: `reward` per response (a `rewards` list for rows with several)."""
@@ -177,16 +196,7 @@ def score_file(cfg: ScoreConfig) -> dict:
     items: list[tuple[dict, list[dict], list[str]]] = []  # (row, prompt, responses)
     for line, row in rows:
         if is_labelled_row(row):
-            prompt, responses = row.get("prompt"), row.get("responses")
-            if not _is_chat(prompt):
-                raise at(cfg.input, line, "'prompt' of a label row must be a list of chat messages")
-            if not (
-                isinstance(responses, list)
-                and responses
-                and all(isinstance(r, str) for r in responses)
-            ):
-                raise at(cfg.input, line, "'responses' of a label row must be a list of texts")
-            items.append((row, prompt, list(responses)))
+            items.append((row, *label_row(cfg.input, line, row)))
         elif "responses" in row or ("chosen" in row and "rejected" in row):
             [record] = parse_pair_records(cfg.input, [(line, row)])
             items.append((row, record.prompt, list(record.responses)))

@@ -28,6 +28,7 @@ from rlaif.plumbing.errors import UserError
 from rlaif.plumbing.files import (
     DatasetSettings,
     disk_full_error,
+    folder_digest,
     is_disk_full,
     signals_held,
     write_json,
@@ -426,6 +427,8 @@ class TrainingJob:
                 "precision": cfg.precision,
                 # what rlaif wrote here: a later run may replace these files, never others
                 "files": folder_files(staging),
+                # and as it wrote them: a file changed by hand is noticed (existing_output)
+                "output": {"digest": folder_digest(staging)},
             },
         )
         write_json(staging / "manifest.json", manifest)
