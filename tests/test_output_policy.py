@@ -33,10 +33,13 @@ def rlaif_output(tmp_path: Path, fingerprint: dict = FINGERPRINT) -> Path:
     return out
 
 
-def check_existing_output(output: str, fingerprint: dict, force: bool, **_) -> dict | None:
+def check_existing_output(
+    output: str, fingerprint: dict, force: bool, *, folder: bool, option: str
+) -> dict | None:
     """The one guard as a stage calls it: what lies at `output`, then the settings' check."""
+    kind = "folder" if folder else "file"
     try:
-        guard = guard_output(output, inputs=[], force=force, option="-o")
+        guard = guard_output(output, inputs=[], force=force, option=option, kind=kind)
         return guard.up_to_date(fingerprint)
     finally:
         release_output_locks()
