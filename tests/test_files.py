@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -65,3 +66,34 @@ def test_partial_run_refuses_other_settings_unless_forced(tmp_path):
         PartialRun(out, {"seed": 2, "rounds": 2}, force=False)
     forced = PartialRun(out, {"seed": 2, "rounds": 2}, force=True)
     assert forced.done == {}
+
+
+def test_signals_are_held_back_while_other_threads_run():
+    """The kernel hands a signal sent to the process to any thread that does not block it, and
+    Python then runs the handler in the main thread: a mask on the main thread alone let
+    SIGTERM through in the middle of a publish once a library had started a thread."""
+    import signal
+    import threading
+    import time
+
+    from rlaif.plumbing.files import signals_held
+
+    events = []
+
+    def handler(signum, frame):
+        events.append("handled")
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)  # a library's idle worker thread
+    other.start()
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # for the kernel to hand the signal to a thread
+            events.append("block done")
+        assert events == ["block done", "handled"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        release.set()
+        other.join()

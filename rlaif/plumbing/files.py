@@ -321,14 +321,28 @@ def _free_space(folder: Path) -> str:
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """Hold SIGINT and SIGTERM back for a block of renames that must happen all or not at all;
-    a signal sent meanwhile is delivered (and handled as usual) when the block ends."""
-    import signal
+    a signal sent meanwhile is delivered (and handled as usual) when the block ends.
 
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    Python runs a signal's handler in the main thread whichever thread the kernel hands the
+    signal to, so a mask on this thread alone (pthread_sigmask) holds nothing back once a
+    library has started threads of its own (torch, tokenizers, vLLM): the kernel delivers to
+    one of those instead. The handlers themselves are swapped for the block."""
+    import signal
+    import threading
+
+    held = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers run in the main thread only: nothing here for a signal to interrupt
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        if caught:
+            signal.raise_signal(caught[0])  # handled now, as it would have been
 
 
 def write_with_manifest(
