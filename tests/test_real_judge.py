@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,12 +89,18 @@ def test_the_real_judges_revisions_answer_their_own_prompts(judge_env, tmp_path)
     recipe_prompts = DATA.parents[1] / "examples" / "harmless" / "prompts.jsonl"
     source.write_text("".join(recipe_prompts.read_text().splitlines(True)[:6]))
     out = tmp_path / "revisions.jsonl"
+    # Both models in bfloat16 and 1 GiB of KV cache each: peak RSS 9.6 GB, 91 s (float32 and
+    # 2 GiB: 15 GB, 4 min). Beside the suite's own ~10 GB (this process's engines, the OpenAI
+    # server), the float32 run was killed for memory on 24 GB.
     done = subprocess.run(
         rlaif_cmd("generate", str(source), "-o", str(out), "-m", "smollm2-135m-instruct",
                   "--judge-model", QWEN_CODER_JUDGE.alias, "--rounds", "1",
-                  "--max-new-tokens", "96"),
-        capture_output=True, text=True, timeout=1800, env=judge_env,
+                  "--max-new-tokens", "96", "--dtype", "bfloat16"),
+        capture_output=True, text=True, timeout=1800,
+        env={**judge_env, "VLLM_CPU_KVCACHE_SPACE": "1"},
     )  # fmt: skip
+    if done.returncode == -signal.SIGKILL:
+        pytest.skip("generate was killed (SIGKILL: the kernel's OOM killer on a full machine)")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     examples = load_constitution(resolve_constitution_path("harmless")).examples
@@ -104,8 +111,8 @@ def test_the_real_judges_revisions_answer_their_own_prompts(judge_env, tmp_path)
         assert revision and not prompts.copies_example(revision, examples), row
         # about its own prompt: a refusal (XSTest's rule: half of these prompts are harmful, and
         # the revision rule asks for a brief one, which shares no words with the request), or it
-        # shares more of that prompt's words than of any other's. Measured alone: 5 of 6 (the
-        # miss thanked the user); without the refusals, 3 of 6, too near the bar to hold.
+        # shares more of that prompt's words than of any other's. Measured alone: 6 of 6 in
+        # bfloat16, 5 of 6 in float32 (the miss thanked the user); without the refusals, 3 of 6.
         own = len(_words(revision) & asked[i])
         others = max(len(_words(revision) & a) for j, a in enumerate(asked) if j != i)
         about_own += is_refusal(revision) or own > others
