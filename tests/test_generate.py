@@ -21,7 +21,7 @@ def small_config(tmp_path: Path, engine: str, **overrides) -> generate.GenerateC
         output=str(tmp_path / "revisions.jsonl"),
         rounds=2,
         seed=3,
-        max_new_tokens=24,
+        max_new_tokens=16,
         chunk_size=4,
         engine=EngineSettings(engine=engine, max_model_len=2048),
     )
@@ -83,8 +83,12 @@ def test_output_loads_in_datasets_and_is_trl_conversational(tmp_path, home_with_
 
 
 def test_same_seed_same_output(tmp_path, home_with_model):
-    first = small_config(tmp_path / "a", "hf", rounds=1, max_new_tokens=12)
-    second = small_config(tmp_path / "b", "hf", rounds=1, max_new_tokens=12)
+    # 3 prompts in chunks of 2: a rerun must give the same rows across a chunk's boundary
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(PROMPTS.read_text().splitlines(True)[:3]))
+    same = dict(prompts=str(prompts), rounds=1, max_new_tokens=12, chunk_size=2)
+    first = small_config(tmp_path / "a", "hf", **same)
+    second = small_config(tmp_path / "b", "hf", **same)
     generate.run(first)
     generate.run(second)
     assert Path(first.output).read_text() == Path(second.output).read_text()

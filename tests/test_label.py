@@ -130,11 +130,11 @@ def test_cot_clamps_each_order():
     assert j["rationale_ab"] == "A"
 
 
-def label_file(tmp_path: Path, engine: str, **overrides) -> tuple[list[dict], dict]:
-    forty = tmp_path / "hh-40.jsonl"
-    forty.write_text("".join(HH.read_text().splitlines(True)[:40]))
+def label_file(tmp_path: Path, engine: str, n: int = 40, **overrides) -> tuple[list[dict], dict]:
+    pairs = tmp_path / f"hh-{n}.jsonl"
+    pairs.write_text("".join(HH.read_text().splitlines(True)[:n]))
     cfg = label.LabelConfig(
-        pairs=str(forty),
+        pairs=str(pairs),
         output=str(tmp_path / f"prefs-{engine}.jsonl"),
         seed=1,
         # float32: the engines are compared with each other (bf16 scoring: test_engines.py)
@@ -146,9 +146,14 @@ def label_file(tmp_path: Path, engine: str, **overrides) -> tuple[list[dict], di
     return rows, manifest
 
 
+# transformers scores float32 on a CPU at about a third of vLLM's speed (151 s for 40 pairs in
+# CI), so it labels the first 16 of vLLM's 40: enough to compare the engines pair by pair.
+PAIRS_BY_ENGINE = {"hf": 16, "vllm": 40}
+
+
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory, embedded_model):
-    """40 HH pairs labelled by each engine (the embedded judge), once for the module."""
+    """HH pairs labelled by each engine (the embedded judge), once for the module."""
     import os
 
     results = {}
@@ -160,7 +165,9 @@ def labelled(tmp_path_factory, embedded_model):
         for engine in ("hf", "vllm"):
             if engine == "vllm":
                 pytest.importorskip("vllm")
-            results[engine] = label_file(tmp_path_factory.mktemp(engine), engine)
+            results[engine] = label_file(
+                tmp_path_factory.mktemp(engine), engine, PAIRS_BY_ENGINE[engine]
+            )
     finally:
         if old is None:
             os.environ.pop("RLAIF_HOME", None)
@@ -170,9 +177,10 @@ def labelled(tmp_path_factory, embedded_model):
 
 
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
-def test_forty_dev_pairs_get_valid_soft_labels(labelled, engine):
+def test_dev_pairs_get_valid_soft_labels(labelled, engine):
     rows, manifest = labelled[engine]
-    assert len(rows) == 40
+    n = PAIRS_BY_ENGINE[engine]
+    assert len(rows) == n
     for row in rows:
         assert 0.0 <= row["p"] <= 1.0 and 0.5 <= row["p_chosen"] <= 1.0
         [j] = row["judgements"]
@@ -183,15 +191,15 @@ def test_forty_dev_pairs_get_valid_soft_labels(labelled, engine):
         assert row["chosen"][0]["content"] == preferred
         assert row["reference"] in (0, 1) and row["source"] == "hh"
     diag = manifest["diagnostics"]
-    assert diag["pairs"] == 40 and diag["agreement"]["n"] == 40
-    assert manifest["tokens"]["judge_prompt_tokens"] > 40 * 2 * 50
+    assert diag["pairs"] == n and diag["agreement"]["n"] == n
+    assert manifest["tokens"]["judge_prompt_tokens"] > n * 2 * 50
     assert manifest["wall_time_s"] > 0
 
 
 def test_engines_agree_on_probabilities(labelled):
     hf_rows, _ = labelled["hf"]
     vllm_rows, _ = labelled["vllm"]
-    for a, b in zip(hf_rows, vllm_rows, strict=True):
+    for a, b in zip(hf_rows, vllm_rows[: len(hf_rows)], strict=True):
         assert a["id"] == b["id"]
         for ja, jb in zip(a["judgements"], b["judgements"], strict=True):
             assert ja["p_ab"] == pytest.approx(jb["p_ab"], abs=0.02)
@@ -202,9 +210,10 @@ def test_the_weak_judge_is_revealed(labelled):
     """The embedded judge's verdicts mostly follow the position, not the response, and agree
     with the references at chance; the diagnostics must say so, not hide it. (With the prompt
     that tells the judge refusing a harmless request is a failure, measured on these 40 pairs
-    with hf: the same response in both orders 32.5%, first position 33.8%, agreement 45.0%;
+    with hf, whose probabilities vLLM's match within 0.02: the same response in both orders
+    32.5%, first position 33.8%, agreement 45.0%;
     before it, first position under 20%.)"""
-    for engine in labelled:
+    for engine in labelled:  # transformers on the first 16 of the 40
         diag = labelled[engine][1]["diagnostics"]
         assert diag["position_consistency"] < 0.5
         assert any("picks a position" in w or "option in" in w for w in diag["warnings"])

@@ -20,7 +20,7 @@ ARGS = [
     "--rounds",
     "1",
     "--max-new-tokens",
-    "24",
+    "12",
     "--seed",
     "5",
 ]

@@ -21,12 +21,9 @@ SHORT_PROMPTS = DATA / "short-prompts.jsonl"
 
 
 def rl_run(tmp_path: Path, name: str = "policy", **settings) -> tuple[Path, dict]:
+    settings = {"max_new_tokens": toy_rewards.MAX_NEW_TOKENS, **settings}
     cfg = rl.RLConfig(
-        prompts=str(SHORT_PROMPTS),
-        output_dir=str(tmp_path / name),
-        max_new_tokens=toy_rewards.MAX_NEW_TOKENS,
-        save_steps=1000,
-        **settings,
+        prompts=str(SHORT_PROMPTS), output_dir=str(tmp_path / name), save_steps=1000, **settings
     )
     return Path(cfg.output_dir), rl.run(cfg)
 
@@ -178,6 +175,7 @@ def test_ref_model_is_the_anchor_of_the_kl_leash(
         "max_steps": 1,
         "batch_size": 4 if algo != "online-dpo" else 2,
         "num_generations": 2,
+        "max_new_tokens": 8,  # the first step's KL needs a few tokens, not long completions
         # float32: under --dtype auto the reference is held in bf16 while the policy keeps
         # float32 weights, so their first-step KL is bf16 rounding, not 0
         "dtype": "float32",

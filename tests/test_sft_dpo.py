@@ -141,8 +141,11 @@ def test_sft_rejects_rows_without_an_answer(tmp_path):
 def test_dpo_trains_on_pairs_and_the_folder_reloads(tmp_path, home_with_model, embedded_model):
     # float32: "exactly log 2" below holds to float32 rounding; under bf16 the reference pass
     # (its own batches and padding) and the policy's first step differ by ~4e-4.
+    # 16 pairs: DPO scores the whole file with the reference model before its first step.
+    pairs = tmp_path / "hh-16.jsonl"
+    pairs.write_text("".join(HH.read_text().splitlines(True)[:16]))
     cfg = dpo.DPOConfig(
-        prefs=str(HH),
+        prefs=str(pairs),
         output_dir=str(tmp_path / "dpo"),
         learning_rate=1e-5,
         dtype="float32",
@@ -157,7 +160,7 @@ def test_dpo_trains_on_pairs_and_the_folder_reloads(tmp_path, home_with_model, e
     assert logged(out, "rewards/margins")
     assert any("layers" in n for n in changed_parameters(out, embedded_model))
     assert generates(out).strip()
-    assert manifest["stage"] == "dpo" and manifest["counts"]["pairs"] == 64
+    assert manifest["stage"] == "dpo" and manifest["counts"]["pairs"] == 16
     assert manifest["settings"]["loss_type"] == "sigmoid"
     assert (out / "curves.png").stat().st_size > 1000
     assert_peak_rss_recorded(out)
@@ -235,7 +238,7 @@ def test_generate_then_sft_and_label_then_dpo_through_the_cli(tmp_path, home_wit
     engine = ["--engine", "hf"]
     rlaif(
         "generate", str(PROMPTS), "-o", str(revisions), "--rounds", "1",
-        "--max-new-tokens", "32", *engine,
+        "--max-new-tokens", "16", *engine,
     )  # fmt: skip
     rlaif(
         "sft", str(revisions), "-o", str(tmp_path / "sft"), "--max-steps", "2",
