@@ -177,6 +177,12 @@ def rlaif_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "rlaif", *args]
 
 
+def first_lines(source: Path, n: int, dest: Path) -> Path:
+    """DEST holding the first N lines of a JSONL file: a smaller input for a costly stage."""
+    dest.write_text("".join(source.read_text().splitlines(True)[:n]))
+    return dest
+
+
 def labelled_copy(tmp_path: Path, n: int = 16) -> Path:
     """HH pairs in `rlaif label`'s output format, with made-up judge probabilities."""
     from rlaif.plumbing.files import read_jsonl

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DATA, crash_then_rerun, labelled_copy, rlaif_cmd
+from conftest import DATA, crash_then_rerun, first_lines, labelled_copy, rlaif_cmd
 
 # One record per chunk and per forward pass: every record is saved on its own, and its result
 # depends on nothing but the record, so a resumed file can equal an uninterrupted one.
@@ -54,9 +54,7 @@ def rows(path: Path) -> list[dict]:
 
 
 def prompts_file(tmp_path: Path, n: int) -> Path:
-    path = tmp_path / "prompts.jsonl"
-    path.write_text("".join((DATA / "prompts.jsonl").read_text().splitlines(True)[:n]))
-    return path
+    return first_lines(DATA / "prompts.jsonl", n, tmp_path / "prompts.jsonl")
 
 
 @pytest.mark.slow
@@ -68,8 +66,7 @@ def test_a_killed_record_stage_resumes_to_the_uninterrupted_output(
         source, n = prompts_file(tmp_path, 5), 5
         extra = ["--n", "2", "--max-new-tokens", "16"]
     else:
-        source, n = tmp_path / "pairs.jsonl", 5
-        source.write_text("".join((DATA / "hh-harmless-64.jsonl").read_text().splitlines(True)[:n]))
+        source, n = first_lines(DATA / "hh-harmless-64.jsonl", 5, tmp_path / "pairs.jsonl"), 5
         extra = []
     reference, out = tmp_path / "reference.jsonl", tmp_path / "out.jsonl"
     run(rlaif_cmd(stage, str(source), "-o", str(reference), *ONE_BY_ONE, *extra))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from conftest import DATA, first_lines
 
 from rlaif.engines import EngineSettings
 from rlaif.judging.constitution import load_constitution, resolve_constitution_path
@@ -84,8 +84,7 @@ def test_output_loads_in_datasets_and_is_trl_conversational(tmp_path, home_with_
 
 def test_same_seed_same_output(tmp_path, home_with_model):
     # 3 prompts in chunks of 2: a rerun must give the same rows across a chunk's boundary
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(PROMPTS.read_text().splitlines(True)[:3]))
+    prompts = first_lines(PROMPTS, 3, tmp_path / "prompts.jsonl")
     same = dict(prompts=str(prompts), rounds=1, max_new_tokens=12, chunk_size=2)
     first = small_config(tmp_path / "a", "hf", **same)
     second = small_config(tmp_path / "b", "hf", **same)

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import DATA
+from conftest import DATA, first_lines
 
 from rlaif.engines import EngineSettings
 from rlaif.engines.base import Completion, OptionScores
@@ -130,9 +130,8 @@ def test_cot_clamps_each_order():
     assert j["rationale_ab"] == "A"
 
 
-def label_file(tmp_path: Path, engine: str, n: int = 40, **overrides) -> tuple[list[dict], dict]:
-    pairs = tmp_path / f"hh-{n}.jsonl"
-    pairs.write_text("".join(HH.read_text().splitlines(True)[:n]))
+def label_file(tmp_path: Path, engine: str, n: int, **overrides) -> tuple[list[dict], dict]:
+    pairs = first_lines(HH, n, tmp_path / f"hh-{n}.jsonl")
     cfg = label.LabelConfig(
         pairs=str(pairs),
         output=str(tmp_path / f"prefs-{engine}.jsonl"),

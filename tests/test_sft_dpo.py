@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import DATA, labelled_copy, rlaif_cmd
+from conftest import DATA, first_lines, labelled_copy, rlaif_cmd
 
 from rlaif.plumbing import hardware
 from rlaif.plumbing.errors import UserError
@@ -142,8 +142,7 @@ def test_dpo_trains_on_pairs_and_the_folder_reloads(tmp_path, home_with_model, e
     # float32: "exactly log 2" below holds to float32 rounding; under bf16 the reference pass
     # (its own batches and padding) and the policy's first step differ by ~4e-4.
     # 16 pairs: DPO scores the whole file with the reference model before its first step.
-    pairs = tmp_path / "hh-16.jsonl"
-    pairs.write_text("".join(HH.read_text().splitlines(True)[:16]))
+    pairs = first_lines(HH, 16, tmp_path / "hh-16.jsonl")
     cfg = dpo.DPOConfig(
         prefs=str(pairs),
         output_dir=str(tmp_path / "dpo"),

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import DATA, rlaif_cmd
+from conftest import DATA, first_lines, rlaif_cmd
 
 HH = DATA / "hh-harmless-64.jsonl"
 SMALL = ["--max-steps", "2", "--batch-size", "2", "--gradient-accumulation-steps", "1",
@@ -30,23 +30,21 @@ def _run(stage: list[str], out: Path, hash_seed: str) -> tuple[list[float], str]
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "stage",
+    ("stage", "options", "pairs"),
     [
-        ["train-rm", str(HH), "--eval-fraction", "0"],  # a new, randomly drawn score head
-        ["train-rm", str(HH), "--eval-fraction", "0", "--lora"],  # new adapters
+        ("train-rm", ["--eval-fraction", "0"], 64),  # a new, randomly drawn score head
+        ("train-rm", ["--eval-fraction", "0", "--lora"], 64),  # new adapters
         # 8 pairs: DPO computes the reference model's log-probabilities of the whole file
         # before its first step (64 pairs: over a minute)
-        ["dpo", "FIRST_8_PAIRS"],
+        ("dpo", [], 8),
     ],
     ids=["train-rm", "train-rm-lora", "dpo"],
 )
-def test_same_seed_same_model(tmp_path, home_with_model, stage):
+def test_same_seed_same_model(tmp_path, home_with_model, stage, options, pairs):
     """Under the default precision (bf16 autocast on this CPU) and, for train-rm, length
     grouping."""
-    if "FIRST_8_PAIRS" in stage:
-        pairs = tmp_path / "hh-8.jsonl"
-        pairs.write_text("".join(HH.read_text().splitlines(True)[:8]))
-        stage = [str(pairs) if arg == "FIRST_8_PAIRS" else arg for arg in stage]
+    data = first_lines(HH, pairs, tmp_path / f"hh-{pairs}.jsonl")
+    stage = [stage, str(data), *options]
     first = _run(stage, tmp_path / "a", "1")
     second = _run(stage, tmp_path / "b", "2")
     assert len(first[0]) == 2
